@@ -1,0 +1,70 @@
+"""The judge: exact on clean renders, rejects other scenes, treats broken blobs as bad."""
+import numpy as np
+import pytest
+
+from tiny_rlhf_t2i.judge import judge, well_formed
+from tiny_rlhf_t2i.selfcheck import selfcheck
+from tiny_rlhf_t2i.world import COLORS, Scene, render, render_prompt
+
+
+@pytest.mark.parametrize("res", [16, 32, 64])
+def test_selfcheck_agreement_and_rejection(res):
+    report = selfcheck(n=150, resolution=res, seed=1)
+    assert report["agreement"] == {"prompt": 1.0, "full": 1.0}, report["failures"]
+    assert all(v == 1.0 for v in report["rejection"].values()), report["failures"]
+
+
+def test_reason_is_readable():
+    img = render(Scene("circle", "red", "gray", ((0.25, 0.5, 0.18), (0.75, 0.5, 0.18))), 32)
+    good, reason = judge(img, "three red circles on a gray background")
+    assert not good
+    assert reason == "asked for 3 red circles on gray, found 2 red circles on gray"
+    good, reason = judge(img, "two red circles")
+    assert good
+
+
+def test_free_attributes_are_ignored():
+    img = render_prompt("two blue squares on a white background", 16, seed=3)
+    assert judge(img, "two squares")[0]
+    assert not judge(img, "two squares on a black background")[0]
+
+
+def test_merged_shapes_are_malformed_not_counted():
+    # two touching circles form one blob: neither "one" nor "two" circles
+    img = render(Scene("circle", "red", "black", ((0.35, 0.5, 0.16), (0.62, 0.5, 0.16))), 32)
+    assert not judge(img, "two red circles")[0]
+    assert not judge(img, "a red circle")[0]
+    assert not well_formed(img)
+
+
+def test_blurry_and_broken_shapes_are_malformed():
+    img = render_prompt("a red square on a black background", 32, seed=0)
+    assert well_formed(img) and judge(img, "a red square")[0]
+    blurry = img.astype(np.float32)
+    for _ in range(3):  # box blur: soft edges turn into off-palette pixels
+        blurry = (blurry + np.roll(blurry, 1, 0) + np.roll(blurry, 1, 1)
+                  + np.roll(blurry, -1, 0) + np.roll(blurry, -1, 1)) / 5
+    assert not judge(blurry.round().astype(np.uint8), "a red square")[0]
+    half = img.copy()  # half the square painted in another color: not one clean shape
+    ys, xs = np.nonzero((img == COLORS["red"]).all(-1))
+    half[ys[ys > ys.mean()], xs[ys > ys.mean()]] = COLORS["blue"]
+    assert not judge(half, "a red square")[0] and not well_formed(half)
+
+
+def test_a_stray_pixel_is_ignored():
+    img = render_prompt("a green circle on a black background", 32, seed=1)
+    img[0, 0] = COLORS["red"]
+    assert judge(img, "a green circle")[0] and well_formed(img)
+
+
+def test_empty_image_is_not_well_formed():
+    img = np.zeros((16, 16, 3), np.uint8)
+    assert not well_formed(img)
+    assert judge(img, "a circle")[1] == "asked for 1 circle, found no shapes on black"
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="unknown word 'dog'"):
+        judge(np.zeros((16, 16, 3), np.uint8), "a dog")
+    with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) uint8 image"):
+        judge(np.zeros((16, 16), np.float32), "a circle")

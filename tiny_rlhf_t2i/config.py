@@ -1,0 +1,69 @@
+"""Configs: one @dataclass per script, named presets, and a typed `--field value` command line.
+
+Every script does
+
+    cfg = parse_config(TrainConfig, PRESETS)          # python train_unet.py --preset smoke --lr 3e-4
+
+A preset is a dict of overrides on the dataclass defaults; command-line flags override the preset.
+The help text of each flag is the one-line comment written beside the field in the dataclass, so
+the config class stays the single place that documents a setting.
+"""
+import argparse
+import dataclasses
+import inspect
+import re
+import sys
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """Read `name: type = default  # comment` lines of a dataclass (and its bases) for --help."""
+    comments = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        for line in inspect.getsource(klass).splitlines():
+            m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
+            if m:
+                comments[m.group(1)] = m.group(2).strip()
+    return comments
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_config(cls, presets: dict[str, dict], argv=None, description: str | None = None,
+                 default_preset: str = "cpu"):
+    """Build `cls` from a named preset plus `--field value` overrides. Returns the config."""
+    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip(),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--preset", default=default_preset, choices=sorted(presets),
+                        help="named set of overrides (smoke: CI-sized, cpu: the default laptop "
+                             "run, gpu: larger)")
+    comments = _field_comments(cls)
+    for f in dataclasses.fields(cls):
+        typ = {bool: _parse_bool}.get(f.type, f.type)
+        if typ not in (int, float, str, _parse_bool):
+            raise TypeError(f"config field {f.name} has unsupported type {f.type}")
+        parser.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name,
+                            type=typ, default=None, help=comments.get(f.name, ""))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    overrides = dict(presets[args.preset])
+    overrides.update({k: v for k, v in vars(args).items() if k != "preset" and v is not None})
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:  # a typo in a preset table is a bug, say so loudly
+        raise ValueError(f"preset {args.preset!r} sets unknown fields {sorted(unknown)}")
+    cfg = cls(**overrides)
+    cfg.preset = args.preset
+    return cfg
+
+
+def config_dict(cfg) -> dict:
+    """The config as a JSON-able dict (written next to every run's metrics)."""
+    d = dataclasses.asdict(cfg)
+    d["preset"] = getattr(cfg, "preset", None)
+    return d

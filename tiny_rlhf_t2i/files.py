@@ -1,0 +1,84 @@
+"""Run folders: atomic checkpoints, metrics JSON + Markdown summaries, and image grids.
+
+Everything a stage writes goes through here, so an interrupted run never leaves a half-written
+file: we write to a temporary file in the same folder and `os.replace` it (atomic on POSIX).
+"""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+
+def _atomic(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return _atomic(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path, state: dict) -> Path:
+    return _atomic(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path, made_by: str) -> dict:
+    """Load a checkpoint, or exit with one line naming the file and the command that makes it."""
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"error: {path} does not exist; run `{made_by}` first")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or not a checkpoint at all
+        raise SystemExit(f"error: {path} is corrupt ({type(e).__name__}); delete it and run "
+                         f"`{made_by}` again") from None
+
+
+def write_metrics(out_dir, metrics: dict, summary_md: str) -> None:
+    """metrics.json (for programs) and summary.md (for people) in the run folder."""
+    atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(Path(out_dir) / "summary.md", summary_md)
+
+
+def save_grid(rows: list[list[np.ndarray]], labels: list[str], path, scale: int = 4) -> Path:
+    """A PNG grid: one row of (H, W, 3) uint8 images per label, the label written left of it."""
+    h, w = rows[0][0].shape[:2]
+    cell, pad = h * scale, 2
+    label_w = 8 + 6 * max(len(s) for s in labels)  # the default PIL font is ~6 px per character
+    ncol = max(len(r) for r in rows)
+    grid = Image.new("RGB", (label_w + ncol * (cell + pad), len(rows) * (cell + pad)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for i, (row, label) in enumerate(zip(rows, labels)):
+        y = i * (cell + pad)
+        draw.text((4, y + cell // 2 - 5), label, fill="black", font=font)
+        for j, img in enumerate(row):
+            tile = Image.fromarray(img).resize((cell, cell), Image.NEAREST)
+            grid.paste(tile, (label_w + j * (cell + pad), y))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(path, lambda f: grid.save(f, format="PNG"))
+    return path
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked for, but no CUDA device is available")
+    return torch.device(name)

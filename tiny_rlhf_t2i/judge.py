@@ -1,0 +1,174 @@
+"""The judge: our stand-in for the paper's human labelers (and for GenEval's detector).
+
+`judge(image, prompt) -> (good, reason)` looks at pixels and the prompt, nothing else:
+
+1. Every pixel gets the name of its nearest palette color; a pixel farther than OFF_PALETTE
+   from every palette color (a blurry edge, a smear) gets none.
+2. The background is the most common color; it must be a background color.
+3. Every 8-connected group of non-background pixels is a blob. Blobs of at most SPECK_AREA
+   pixels are specks and are ignored (a careful person does not count a stray pixel).
+4. A blob is a *clean shape* when (a) at least CLEAN_COLOR of its pixels are one object color,
+   (b) its size is that of one object (two touching objects are too big: merged), and
+   (c) its silhouette matches one shape (fill of its bounding box, where its mass sits, aspect).
+   Anything else is *malformed*: blurry, broken, half-drawn or merged shapes. A careful person
+   cannot count those as the asked-for objects, so any malformed blob makes the image bad.
+5. The image is good iff the background is the one asked for (if named), there are no malformed
+   blobs, every clean shape is the asked-for shape (and color, if named), and their number is
+   the asked-for count.
+
+`well_formed(image)` is the prompt-free half of this: a clean background and only clean shapes.
+"""
+import numpy as np
+
+from .world import BACKGROUNDS, COLORS, PALETTE, PLURAL, Spec, parse
+
+PALETTE_NAMES = tuple(PALETTE)
+PALETTE_RGB = np.array([PALETTE[n] for n in PALETTE_NAMES], np.float32)  # (P, 3)
+OFF_PALETTE = 60.0  # RGB distance beyond which a pixel belongs to no palette color
+CLEAN_COLOR = 0.8  # fraction of a clean blob's pixels that must be its dominant object color
+CLEAN_BACKGROUND = 0.97  # fraction of the non-blob pixels that must be exactly the background
+SPECK_AREA = 2  # blobs this small (pixels, at 16 px; scaled by area at larger sizes) are ignored
+
+
+def quantize(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) index into PALETTE_NAMES, or -1 for off-palette pixels."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    dist = np.linalg.norm(image[:, :, None, :].astype(np.float32) - PALETTE_RGB, axis=-1)  # (H,W,P)
+    idx = dist.argmin(-1)
+    return np.where(dist.min(-1) <= OFF_PALETTE, idx, -1)
+
+
+def connected_components(mask: np.ndarray) -> list[np.ndarray]:
+    """8-connected components of a boolean (H, W) mask, as arrays of (y, x) pixel coordinates."""
+    seen = np.zeros_like(mask, bool)
+    h, w = mask.shape
+    blobs = []
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        seen[y0, x0] = True
+        stack, pixels = [(y0, x0)], []
+        while stack:
+            y, x = stack.pop()
+            pixels.append((y, x))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = y + dy, x + dx
+                    if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        stack.append((ny, nx))
+        blobs.append(np.array(pixels))
+    return blobs
+
+
+def classify_silhouette(pixels: np.ndarray) -> str | None:
+    """Name the shape of a blob from its silhouette, or None if it matches none.
+
+    Features that survive 16 px pixelation: `fill` = area / bounding-box area (square ~1,
+    circle ~0.75, diamond and triangle ~0.5), `drop` = how far below the box center the mass
+    sits (a triangle's centroid is 1/3 of the way up from its base), and the aspect ratio."""
+    ys, xs = pixels[:, 0], pixels[:, 1]
+    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    fill = len(pixels) / (h * w)
+    drop = (ys.mean() - (ys.min() + ys.max()) / 2) / h
+    if not 0.7 <= w / h <= 1.6:
+        return None
+    if drop > 0.06 and 0.4 <= fill <= 0.72:
+        return "triangle"
+    if abs(drop) > 0.06:
+        return None
+    if fill >= 0.88:
+        return "square"
+    if 0.62 <= fill < 0.88:
+        return "circle"
+    if 0.4 <= fill < 0.62:
+        return "diamond"
+    return None
+
+
+def _area_bounds(side: int) -> tuple[float, float]:
+    """Pixel area of one object at this resolution: the smallest triangle to the largest circle
+    the world draws, with slack for soft edges. Two touching objects exceed the upper bound."""
+    return 1.6 * (0.16 * side) ** 2 * 0.85, 3.3 * (0.24 * side) ** 2 * 1.15
+
+
+def analyze(image: np.ndarray) -> dict:
+    """Everything the judge sees in an image: background, clean shapes, malformed blobs."""
+    q = quantize(image)
+    side = image.shape[0]
+    counts = np.bincount(q[q >= 0].ravel(), minlength=len(PALETTE_NAMES))
+    background = PALETTE_NAMES[counts.argmax()] if counts.any() else None
+    bg_idx = PALETTE_NAMES.index(background) if background else -2
+    speck = SPECK_AREA * (side / 16) ** 2
+    lo, hi = _area_bounds(side)
+    shapes, malformed = [], []  # shapes: list of (color, shape)
+    blob_mask = np.zeros(q.shape, bool)
+    for pixels in connected_components(q != bg_idx):
+        blob_mask[pixels[:, 0], pixels[:, 1]] = True
+        if len(pixels) <= speck:
+            continue
+        colors = q[pixels[:, 0], pixels[:, 1]]
+        idx, n = np.unique(colors[colors >= 0], return_counts=True)
+        dominant = PALETTE_NAMES[idx[n.argmax()]] if len(idx) else None
+        clean_color = dominant in COLORS and n.max() >= CLEAN_COLOR * len(pixels)
+        shape = classify_silhouette(pixels) if lo <= len(pixels) <= hi else None
+        if clean_color and shape:
+            shapes.append((dominant, shape))
+        else:
+            malformed.append(len(pixels))
+    rest = ~blob_mask
+    clean_bg = (background in BACKGROUNDS
+                and (q[rest] == bg_idx).mean() >= CLEAN_BACKGROUND if rest.any() else False)
+    return {"background": background, "clean_background": bool(clean_bg), "shapes": shapes,
+            "malformed": malformed}
+
+
+def _describe(shapes: list[tuple[str, str]]) -> str:
+    if not shapes:
+        return "no shapes"
+    groups = {}
+    for s in shapes:
+        groups[s] = groups.get(s, 0) + 1
+    return " and ".join(f"{n} {c} {PLURAL[s] if n > 1 else s}" for (c, s), n in
+                        sorted(groups.items(), key=lambda kv: -kv[1]))
+
+
+def _asked(spec: Spec) -> str:
+    count = "some" if spec.count is None else str(spec.count)
+    noun = spec.shape if spec.count == 1 else PLURAL[spec.shape]
+    bg = f" on {spec.background}" if spec.background else ""
+    return f"{count} {spec.color + ' ' if spec.color else ''}{noun}{bg}"
+
+
+def judge(image: np.ndarray, prompt: str | Spec) -> tuple[bool, str]:
+    """Is the image aligned with the prompt? Returns (good, readable reason)."""
+    spec = parse(prompt) if isinstance(prompt, str) else prompt
+    a = analyze(image)
+    found = f"found {_describe(a['shapes'])} on {a['background']}"
+    if a["malformed"]:
+        found += f" and {len(a['malformed'])} malformed blob(s)"
+    reason = f"asked for {_asked(spec)}, {found}"
+    if not a["clean_background"]:
+        return False, reason + " (background not clean)"
+    if spec.background and a["background"] != spec.background:
+        return False, reason
+    if a["malformed"]:
+        return False, reason
+    wanted = [s for s in a["shapes"] if s[1] == spec.shape and spec.color in (None, s[0])]
+    if len(wanted) != len(a["shapes"]):  # an extra object of another kind
+        return False, reason
+    ok = len(wanted) >= 1 if spec.count is None else len(wanted) == spec.count
+    return ok, reason
+
+
+def well_formed(image: np.ndarray) -> bool:
+    """Prompt-free fidelity: a clean background color and at least one object, all clean shapes."""
+    a = analyze(image)
+    return a["clean_background"] and not a["malformed"] and len(a["shapes"]) > 0
+
+
+def judge_batch(images, prompts) -> tuple[list[bool], list[str]]:
+    """The judge as a plain function over batches: (images, prompts) -> (goods, reasons)."""
+    out = [judge(im, p) for im, p in zip(images, prompts)]
+    return [g for g, _ in out], [r for _, r in out]
