@@ -1,0 +1,129 @@
+"""Diffusion: the noise schedule, `add_noise`, the denoising loss, DDIM/DDPM sampling with
+classifier-free guidance, and the EMA of the weights. Names follow diffusers' schedulers.
+
+Notation (Ho et al. 2020): alphas_cumprod[t] = abar_t, x_t = sqrt(abar_t) x_0 + sqrt(1-abar_t) eps.
+"""
+import copy
+import math
+
+import torch
+
+from .text import encode
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+class Scheduler:
+    """Cosine schedule (Nichol & Dhariwal 2021): better than linear for tiny images, whose
+    content a linear schedule destroys within the first few hundred steps."""
+
+    def __init__(self, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS):
+        self.num_train_timesteps = T = num_train_timesteps
+        s = 0.008
+        f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+        self.alphas_cumprod = torch.cumprod(1 - betas, 0).float()  # (T,)
+        self.timesteps = torch.arange(T - 1, -1, -1)
+
+    def add_noise(self, original_samples, noise, timesteps):
+        """q(x_t | x_0): sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
+        abar = self.alphas_cumprod.to(original_samples.device)[timesteps].view(-1, 1, 1, 1)
+        return abar.sqrt() * original_samples + (1 - abar).sqrt() * noise
+
+    def set_timesteps(self, num_inference_steps: int):
+        """Evenly spaced timesteps from T-1 down to 0 (`self.timesteps`)."""
+        T = self.num_train_timesteps
+        self.timesteps = torch.linspace(T - 1, 0, num_inference_steps).round().long()
+
+    def step(self, model_output, timestep: int, prev_timestep: int, sample, eta: float = 0.0,
+             generator=None, clip_sample: bool = True):
+        """One DDIM update x_t -> x_prev (Song et al. 2021, Eq. 12). eta=0: deterministic DDIM;
+        eta=1 on every timestep: exactly the DDPM ancestral sampler (posterior variance beta~_t).
+        Returns (prev_sample, pred_original_sample)."""
+        abar_t = self.alphas_cumprod[timestep]
+        abar_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else torch.tensor(1.0)
+        x0 = (sample - (1 - abar_t).sqrt() * model_output) / abar_t.sqrt()
+        if clip_sample:  # images live in [-1, 1]
+            x0 = x0.clamp(-1, 1)
+            model_output = (sample - abar_t.sqrt() * x0) / (1 - abar_t).sqrt()
+        sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
+        direction = (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * model_output
+        prev = abar_prev.sqrt() * x0 + direction
+        if eta > 0:
+            noise = torch.randn(sample.shape, generator=generator, device=sample.device)
+            prev = prev + sigma * noise
+        return prev, x0
+
+
+def denoising_loss(model, scheduler: Scheduler, x0, ids, generator=None):
+    """Per-sample epsilon-prediction loss (B,): the usual stand-in for -log p_theta(x | z)
+    (Ho et al. 2020, Eq. 14), which Eq. 2 of Lee et al. weights by the reward."""
+    B = x0.shape[0]
+    t = torch.randint(0, scheduler.num_train_timesteps, (B,), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # (B, 3, H, W)
+    eps_hat = model(scheduler.add_noise(x0, noise, t), t, ids)
+    return (eps_hat.float() - noise).pow(2).flatten(1).mean(1)  # (B,)
+
+
+def guided_eps(model, x, t, ids, null_ids, guidance_scale: float):
+    """Classifier-free guidance (Ho & Salimans 2022): eps_u + w (eps_c - eps_u), one batched call."""
+    if guidance_scale == 1.0:
+        return model(x, t, ids)
+    eps = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([ids, null_ids]))
+    cond, uncond = eps.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def initial_noise(seeds, resolution: int) -> torch.Tensor:
+    """x_T (B, 3, H, W), one generator per seed: a sample's noise never depends on its batch."""
+    return torch.stack([torch.randn(3, resolution, resolution,
+                                    generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+@torch.no_grad()
+def sample(model, prompts: list[str], seeds: list[int], num_inference_steps: int = 25,
+           guidance_scale: float = 3.0, eta: float = 0.0, batch_size: int = 256):
+    """Text -> images in [-1, 1], (B, 3, H, W). eta=0 is DDIM; eta=1 with
+    num_inference_steps=1000 is DDPM. Same (prompt, seed) -> same image, whatever the batch."""
+    model.eval()
+    device = next(model.parameters()).device
+    res = model.cfg.resolution
+    scheduler = Scheduler()
+    scheduler.set_timesteps(num_inference_steps)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        ids = encode(prompts[i:i + batch_size]).to(device)
+        null = encode([""] * len(ids)).to(device)
+        x = initial_noise(seeds[i:i + batch_size], res).to(device)
+        gen = torch.Generator().manual_seed(int(seeds[i]) + 1) if eta > 0 else None
+        steps = scheduler.timesteps.tolist()
+        for j, t in enumerate(steps):
+            prev_t = steps[j + 1] if j + 1 < len(steps) else -1
+            tt = torch.full((len(x),), t, device=device, dtype=torch.long)
+            eps = guided_eps(model, x, tt, ids, null, guidance_scale)
+            x, _ = scheduler.step(eps, t, prev_t, x, eta=eta, generator=gen)
+        out.append(x.clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def to_uint8(images: torch.Tensor):
+    """(B, 3, H, W) in [-1, 1] -> numpy (B, H, W, 3) uint8."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_model_space(images) -> torch.Tensor:
+    """numpy (B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
+    return torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+class EMA:
+    """Exponential moving average of the weights; the EMA copy is the one that samples."""
+
+    def __init__(self, model, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model):
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1 - self.decay)

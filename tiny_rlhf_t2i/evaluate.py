@@ -1,0 +1,113 @@
+"""Evaluation with the gold (noise-free) judge, on the fixed prompts of data/eval_*.jsonl.
+
+One sample per (prompt, seed); the same prompts, seeds and sampler noise for every model, so two
+models' images of one (prompt, seed) pair can be compared side by side (the paper's win rate).
+"""
+import math
+
+import numpy as np
+
+from .diffusion import sample, to_uint8
+from .judge import judge, well_formed
+from .world import CATEGORIES, load_eval_prompts, to_prompt
+
+Z95 = 1.959964  # two-sided 95% normal quantile
+
+
+def proportion_ci(k: int, n: int) -> dict:
+    """Fraction k/n with its 95% Wilson score interval (sane at 0% and 100%, unlike +-1.96 se)."""
+    if n == 0:
+        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
+    p = k / n
+    denom = 1 + Z95 ** 2 / n
+    center = (p + Z95 ** 2 / (2 * n)) / denom
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / denom
+    return {"mean": p, "lo": center - half, "hi": center + half, "n": n}
+
+
+def eval_prompts(samples_per_prompt: int, seed: int = 1234) -> list[dict]:
+    """The evaluation records: prompt, category, split and the seed of each sample."""
+    records = []
+    for split in ("seen", "unseen"):
+        for i, spec in enumerate(load_eval_prompts(split)):
+            for k in range(samples_per_prompt):
+                records.append({"prompt": to_prompt(spec), "category": spec.category,
+                                "split": split, "seed": seed + 7919 * k + 101 * i
+                                + (0 if split == "seen" else 50_000)})
+    return records
+
+
+def generate(model, records: list[dict], num_inference_steps: int, guidance_scale: float,
+             batch_size: int = 128) -> np.ndarray:
+    """Sample one image per record: (N, H, W, 3) uint8."""
+    images = sample(model, [r["prompt"] for r in records], [r["seed"] for r in records],
+                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                    batch_size=batch_size)
+    return to_uint8(images)
+
+
+def alignment(goods: list[bool], records: list[dict]) -> dict:
+    """Alignment (fraction judged good) overall, per category and per split, each with a 95% CI."""
+    goods = np.asarray(goods, bool)
+    groups = {"overall": np.ones(len(records), bool)}
+    for key, values in (("category", CATEGORIES), ("split", ("seen", "unseen"))):
+        for v in values:
+            groups[v] = np.array([r[key] == v for r in records])
+    for split in ("seen", "unseen"):  # e.g. "seen/count": the category table of one split
+        for c in CATEGORIES:
+            groups[f"{split}/{c}"] = np.array([r["split"] == split and r["category"] == c
+                                               for r in records])
+    return {name: proportion_ci(int(goods[m].sum()), int(m.sum())) for name, m in groups.items()}
+
+
+def score(images: np.ndarray, records: list[dict]) -> tuple[dict, list[bool], list[str]]:
+    """Judge every image against its prompt: (metrics, goods, reasons)."""
+    verdicts = [judge(im, r["prompt"]) for im, r in zip(images, records)]
+    goods = [g for g, _ in verdicts]
+    wf = [well_formed(im) for im in images]
+    metrics = {"alignment": alignment(goods, records),
+               "well_formed": proportion_ci(sum(wf), len(wf))}
+    return metrics, goods, [r for _, r in verdicts]
+
+
+def evaluate_model(model, samples_per_prompt: int, num_inference_steps: int,
+                   guidance_scale: float, seed: int = 1234):
+    """Sample the fixed evaluation prompts and judge them: (metrics, records, images, goods)."""
+    records = eval_prompts(samples_per_prompt, seed)
+    images = generate(model, records, num_inference_steps, guidance_scale)
+    metrics, goods, reasons = score(images, records)
+    for r, g, why in zip(records, goods, reasons):
+        r["good"], r["reason"] = g, why
+    return metrics, records, images, goods
+
+
+def fmt(ci: dict) -> str:
+    """'62.5% [55.1, 69.4]' for tables."""
+    return f"{100 * ci['mean']:.1f}% [{100 * ci['lo']:.1f}, {100 * ci['hi']:.1f}]"
+
+
+def alignment_table(columns: dict[str, dict]) -> str:
+    """Markdown table: one row per group, one column per model's metrics."""
+    names = list(columns)
+    head = "| group | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    rows = ["overall", *CATEGORIES, "seen", "unseen"]
+    lines = [f"| {g} | " + " | ".join(fmt(columns[n]["alignment"][g]) for n in names) + " |"
+             for g in rows]
+    lines.append("| well-formed | " + " | ".join(fmt(columns[n]["well_formed"]) for n in names)
+                 + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def sample_grid_rows(model, prompts: list[str], n_seeds: int, num_inference_steps: int,
+                     guidance_scale: float, seed: int = 99):
+    """Images for a grid: one row per prompt, n_seeds columns (fixed seeds)."""
+    records = [{"prompt": p, "seed": seed + j} for p in prompts for j in range(n_seeds)]
+    images = generate(model, records, num_inference_steps, guidance_scale)
+    return [list(images[i * n_seeds:(i + 1) * n_seeds]) for i in range(len(prompts))]
+
+
+GRID_PROMPTS = ["a red circle", "a square on a gray background", "two triangles",
+                "three squares", "four circles", "two green triangles on a black background",
+                "three yellow circles on a blue background", "a purple diamond",
+                "three diamonds"]  # fixed prompts of every stage's sample grid (last two unseen)
+

@@ -1,0 +1,124 @@
+"""The text-to-image denoiser: a small conditional UNet plus its text encoder, in one module.
+
+`TextToImage(x_t, t, ids)` predicts the noise epsilon in x_t (prediction_type "epsilon").
+Residual blocks with GroupNorm see the time embedding (sinusoidal, plus the pooled text);
+cross-attention to the text's token states sits at the low resolutions, where a query pixel
+covers a whole object, as in Stable Diffusion's UNet.
+"""
+import dataclasses
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .text import Attention, TextEncoder
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Size of the text-to-image model (saved in every checkpoint)."""
+    resolution: int = 16  # image side in pixels
+    channels: int = 32  # UNet width at full resolution
+    channel_mults: str = "1,2,2"  # width multiplier per level; each level halves the resolution
+    attn_from_level: int = 1  # cross-attention at this level and below (0 = full resolution)
+    text_dim: int = 64  # text-encoder width
+    text_layers: int = 2  # text-encoder transformer blocks
+    heads: int = 4  # attention heads (text encoder and cross-attention)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (B,) -> (B, dim), as in the Transformer/DDPM."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None]  # (B, half)
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, t_dim: int):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(8, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.t_proj = nn.Linear(t_dim, c_out)
+        self.norm2, self.conv2 = nn.GroupNorm(8, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, temb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.t_proj(temb)[:, :, None, None]  # (B, C, 1, 1) broadcast over pixels
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class CrossAttention(nn.Module):
+    """Every pixel attends to the prompt's token states (residual)."""
+
+    def __init__(self, channels: int, text_dim: int, heads: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(8, channels)
+        self.attn = Attention(channels, text_dim, heads)
+
+    def forward(self, x, text, text_mask):
+        B, C, H, W = x.shape
+        q = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        return x + self.attn(q, text, text_mask).transpose(1, 2).reshape(B, C, H, W)
+
+
+class Level(nn.Module):
+    """Two residual blocks at one resolution, each followed by cross-attention if enabled."""
+
+    def __init__(self, c_in: int, c_out: int, t_dim: int, text_dim: int, heads: int, attn: bool):
+        super().__init__()
+        self.res = nn.ModuleList([ResBlock(c_in, c_out, t_dim), ResBlock(c_out, c_out, t_dim)])
+        self.attn = nn.ModuleList(CrossAttention(c_out, text_dim, heads) for _ in range(2)) \
+            if attn else None
+
+    def forward(self, x, temb, text, text_mask):
+        for i, res in enumerate(self.res):
+            x = res(x, temb)
+            if self.attn is not None:
+                x = self.attn[i](x, text, text_mask)
+        return x
+
+
+class TextToImage(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        chs = [cfg.channels * int(m) for m in cfg.channel_mults.split(",")]
+        t_dim = 4 * cfg.channels
+        self.text = TextEncoder(cfg.text_dim, cfg.text_layers, cfg.heads)
+        self.t_mlp = nn.Sequential(nn.Linear(cfg.channels, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
+        self.text_to_t = nn.Linear(cfg.text_dim, t_dim)  # pooled prompt joins the time embedding
+        self.conv_in = nn.Conv2d(3, chs[0], 3, padding=1)
+        args = dict(t_dim=t_dim, text_dim=cfg.text_dim, heads=cfg.heads)
+        self.down, self.up = nn.ModuleList(), nn.ModuleList()
+        c_prev = chs[0]
+        for i, c in enumerate(chs):
+            self.down.append(Level(c_prev, c, attn=i >= cfg.attn_from_level, **args))
+            c_prev = c
+        self.mid = Level(c_prev, c_prev, attn=True, **args)
+        for i, c in reversed(list(enumerate(chs))):
+            self.up.append(Level(c_prev + c, c, attn=i >= cfg.attn_from_level, **args))
+            c_prev = c
+        self.norm_out, self.conv_out = nn.GroupNorm(8, c_prev), nn.Conv2d(c_prev, 3, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)  # start as "predict zero noise": stable first steps
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x, t, ids):
+        """x: (B, 3, H, W) noisy images, t: (B,) timesteps, ids: (B, L) token ids -> eps (B, 3, H, W)."""
+        text, text_mask, pooled = self.text(ids)  # (B, L, D), (B, L), (B, D)
+        temb = self.t_mlp(timestep_embedding(t, self.cfg.channels)) + self.text_to_t(pooled)
+        h = self.conv_in(x)
+        skips = []
+        for i, level in enumerate(self.down):
+            h = level(h, temb, text, text_mask)
+            skips.append(h)
+            if i < len(self.down) - 1:
+                h = F.avg_pool2d(h, 2)  # (B, C, H/2, W/2)
+        h = self.mid(h, temb, text, text_mask)
+        for i, level in enumerate(self.up):
+            if i > 0:
+                h = F.interpolate(h, scale_factor=2, mode="nearest")
+            h = level(torch.cat([h, skips.pop()], dim=1), temb, text, text_mask)
+        return self.conv_out(F.silu(self.norm_out(h)))
