@@ -122,3 +122,13 @@ class TextToImage(nn.Module):
                 h = F.interpolate(h, scale_factor=2, mode="nearest")
             h = level(torch.cat([h, skips.pop()], dim=1), temb, text, text_mask)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def load_model(path, made_by: str = "python train_unet.py", weights: str = "ema") -> TextToImage:
+    """A trained model from a checkpoint (its EMA weights by default), with a one-line error
+    naming the command that makes the file when it is missing or corrupt."""
+    from .files import load_checkpoint
+    state = load_checkpoint(path, made_by)
+    model = TextToImage(ModelConfig(**state["model_config"]))
+    model.load_state_dict(state[weights])
+    return model.eval()

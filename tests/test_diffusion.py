@@ -1,0 +1,118 @@
+"""Diffusion: closed forms, samplers on a Gaussian world, guidance, learning, checkpoints."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tiny_rlhf_t2i.diffusion import Scheduler, denoising_loss, guided_eps, sample
+from tiny_rlhf_t2i.files import load_checkpoint, save_checkpoint
+from tiny_rlhf_t2i.text import encode
+from tiny_rlhf_t2i.unet import ModelConfig, TextToImage
+
+TINY = ModelConfig(channels=16, text_dim=32, channel_mults="1,2")
+
+
+def test_add_noise_matches_closed_form():
+    s = Scheduler()
+    abar = s.alphas_cumprod
+    assert abar[0] > 0.999 and abar[-1] < 1e-4 and (abar[1:] < abar[:-1]).all()
+    x0, eps = torch.randn(3, 3, 4, 4), torch.randn(3, 3, 4, 4)
+    t = torch.tensor([0, 500, 999])
+    xt = s.add_noise(x0, eps, t)
+    for i, ti in enumerate(t):
+        a = abar[ti].item()
+        assert torch.allclose(xt[i], math.sqrt(a) * x0[i] + math.sqrt(1 - a) * eps[i], atol=1e-6)
+
+
+class GaussianEps(nn.Module):
+    """The exact epsilon-predictor for data x0 ~ N(mu, std^2) per pixel:
+    E[eps | x_t] = sqrt(1 - abar) (x_t - sqrt(abar) mu) / (abar std^2 + 1 - abar)."""
+
+    def __init__(self, mu, std):
+        super().__init__()
+        self.mu, self.std = mu, std
+        self.cfg = ModelConfig(resolution=16)
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.abar = Scheduler().alphas_cumprod
+
+    def forward(self, x, t, ids):
+        a = self.abar[t].view(-1, 1, 1, 1)
+        return (1 - a).sqrt() * (x - a.sqrt() * self.mu) / (a * self.std ** 2 + 1 - a)
+
+
+@pytest.mark.parametrize("eta, steps", [(0.0, 500), (1.0, 1000)])  # DDIM, DDPM
+def test_samplers_reproduce_a_gaussian(eta, steps):
+    model = GaussianEps(mu=0.3, std=0.2)
+    x = sample(model, ["a circle"] * 32, list(range(32)), num_inference_steps=steps,
+               guidance_scale=1.0, eta=eta)  # (32, 3, 16, 16): 24k draws
+    assert abs(x.mean().item() - 0.3) < 0.005
+    assert abs(x.std().item() - 0.2) < 0.005
+
+
+def test_ddim_error_shrinks_with_more_steps():
+    """Deterministic DDIM is a first-order ODE solver: too few steps shrink the variance."""
+    model = GaussianEps(mu=0.3, std=0.2)
+    err = [abs(sample(model, ["a circle"] * 8, list(range(8)), num_inference_steps=n,
+                      guidance_scale=1.0).std().item() - 0.2) for n in (25, 100, 400)]
+    assert err[0] > err[1] > err[2]
+
+
+def test_sampling_is_reproducible_per_seed_whatever_the_batch():
+    torch.manual_seed(0)
+    model = TextToImage(TINY)
+    a = sample(model, ["a red circle", "two squares"], [7, 8], num_inference_steps=3)
+    b = sample(model, ["two squares"], [8], num_inference_steps=3)
+    assert torch.allclose(a[1], b[0], atol=1e-5)
+
+
+def test_guidance_scale_one_is_the_conditional_prediction_and_w_extrapolates():
+    torch.manual_seed(0)
+    model = TextToImage(TINY).eval()
+    nn.init.normal_(model.conv_out.weight, std=0.1)  # zero-initialized: make the output nonzero
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    ids, null = encode(["a red circle", "two squares"]), encode(["", ""])
+    with torch.no_grad():
+        cond, uncond = model(x, t, ids), model(x, t, null)
+        assert torch.allclose(guided_eps(model, x, t, ids, null, 1.0), cond, atol=1e-6)
+        assert torch.allclose(guided_eps(model, x, t, ids, null, 3.0),
+                              uncond + 3.0 * (cond - uncond), atol=1e-5)
+        assert not torch.allclose(cond, uncond)
+
+
+def test_small_model_overfits_one_batch():
+    torch.manual_seed(0)
+    model = TextToImage(TINY)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x0 = torch.rand(4, 3, 16, 16) * 2 - 1
+    ids = encode(["a red circle", "two squares", "a blue circle", "four diamonds"])
+    s = Scheduler()
+    losses = []
+    for step in range(120):
+        gen = torch.Generator().manual_seed(0)  # the same t and noise every step: one batch
+        loss = denoising_loss(model, s, x0, ids, gen).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_checkpoint_round_trip_and_clear_errors(tmp_path):
+    torch.manual_seed(0)
+    model = TextToImage(TINY)
+    path = save_checkpoint(tmp_path / "ckpt.pt", {"model": model.state_dict()})
+    copy = TextToImage(TINY)
+    copy.load_state_dict(load_checkpoint(path, "python train_unet.py")["model"])
+    x, t, ids = torch.randn(1, 3, 16, 16), torch.tensor([3]), encode(["a circle"])
+    assert torch.equal(model(x, t, ids), copy(x, t, ids))
+    with pytest.raises(SystemExit, match=r"missing.pt does not exist; run `python train_unet.py`"):
+        load_checkpoint(tmp_path / "missing.pt", "python train_unet.py")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="bad.pt is corrupt"):
+        load_checkpoint(tmp_path / "bad.pt", "python train_unet.py")
+
+
+def test_unknown_word_in_a_prompt_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown word 'dog'.*vocabulary"):
+        encode(["a dog"])

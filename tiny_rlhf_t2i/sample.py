@@ -1,0 +1,48 @@
+"""Play with a trained model: sample a prompt, write a grid and the single images, judge them.
+
+    python -m tiny_rlhf_t2i.sample --ckpt runs/unet/ckpt.pt "two red circles on a blue background" --n 16
+"""
+import argparse
+from pathlib import Path
+
+from PIL import Image
+
+from .diffusion import sample, to_uint8
+from .files import save_grid
+from .judge import judge
+from .text import encode
+from .unet import load_model
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("prompt", help="e.g. 'two red circles on a blue background'")
+    ap.add_argument("--ckpt", default="runs/unet/ckpt.pt", help="checkpoint of any stage")
+    ap.add_argument("--n", type=int, default=16, help="number of images")
+    ap.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance")
+    ap.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    ap.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    ap.add_argument("--out", default="runs/samples", help="output folder")
+    args = ap.parse_args(argv)
+    try:
+        encode([args.prompt])  # an unknown word fails here, before the checkpoint loads
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    model = load_model(args.ckpt)
+    seeds = [args.seed + i for i in range(args.n)]
+    images = to_uint8(sample(model, [args.prompt] * args.n, seeds, args.steps, args.guidance_scale))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = args.prompt.replace(" ", "_")
+    goods = 0
+    for seed, image in zip(seeds, images):
+        Image.fromarray(image).save(out / f"{stem}_{seed}.png")
+        good, reason = judge(image, args.prompt)
+        goods += good
+        print(f"seed {seed}: {'good' if good else 'bad '}  {reason}")
+    grid = save_grid([list(images)], [args.prompt], out / f"{stem}_grid.png")
+    print(f"{goods}/{args.n} judged good; grid {grid}, images in {out}/")
+
+
+if __name__ == "__main__":
+    main()
