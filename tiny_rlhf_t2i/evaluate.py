@@ -111,3 +111,45 @@ GRID_PROMPTS = ["a red circle", "a square on a gray background", "two triangles"
                 "three yellow circles on a blue background", "a purple diamond",
                 "three diamonds"]  # fixed prompts of every stage's sample grid (last two unseen)
 
+
+
+# ----------------------------------------------------------------- scoring a scorer (stage 2)
+def pairwise_accuracy(scores, labels, prompts) -> float:
+    """For two images of the same prompt whose gold labels differ, how often the scorer ranks
+    the good one higher (ties count half): the paper's Fig. 3a measure."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels, int)
+    prompts = np.asarray(prompts)
+    wins = pairs = 0.0
+    for p in np.unique(prompts):
+        m = prompts == p
+        good, bad = scores[m & (labels == 1)], scores[m & (labels == 0)]
+        if len(good) and len(bad):
+            diff = good[:, None] - bad[None, :]
+            wins += (diff > 0).sum() + 0.5 * (diff == 0).sum()
+            pairs += diff.size
+    return float(wins / pairs) if pairs else float("nan")
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve = P(score of a random good > score of a random bad)."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels, int)
+    good, bad = scores[labels == 1], scores[labels == 0]
+    if not len(good) or not len(bad):
+        return float("nan")
+    order = np.argsort(np.concatenate([good, bad]), kind="mergesort")
+    ranks = np.empty(len(order))
+    ranks[order] = np.arange(1, len(order) + 1)
+    allv = np.concatenate([good, bad])
+    for v in np.unique(allv):  # average ranks of ties
+        ranks[allv == v] = ranks[allv == v].mean()
+    return float((ranks[: len(good)].sum() - len(good) * (len(good) + 1) / 2) / (len(good) * len(bad)))
+
+
+# ----------------------------------------------------------------- side by side (stage 3)
+def win_rate(goods_new, goods_old) -> dict:
+    """Same prompt and seed, judged by the gold judge: the new model wins when only its image
+    is aligned, loses when only the old one's is, ties otherwise (the paper's Fig. 5 analogue)."""
+    new, old = np.asarray(goods_new, bool), np.asarray(goods_old, bool)
+    n = len(new)
+    return {"win": float((new & ~old).sum() / n), "tie": float((new == old).sum() / n),
+            "loss": float((~new & old).sum() / n), "n": n}

@@ -1,0 +1,112 @@
+"""Fidelity and diversity: our FID, on features of a small fixed network trained on clean renders.
+
+FID (Heusel et al. 2017) compares Inception features of generated and real images. We have no
+Inception, so the feature network is a small CNN trained once to name the attributes of clean
+renders (shape, color, count, background); its penultimate layer is the feature space. It is
+trained on clean renders only and then frozen and cached, so every model is measured with the
+same ruler. FD = |mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)).
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .diffusion import to_model_space
+from .files import save_checkpoint
+from .world import BACKGROUNDS, COLORS, MAX_COUNT, SHAPES, Spec, render, sample_scene
+
+FEATURES = 64  # feature dimension
+
+
+class FeatureNet(nn.Module):
+    """(B, 3, H, W) -> features (B, 64), and logits for the four attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.SiLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.SiLU(), nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * 16, FEATURES), nn.SiLU())
+        self.heads = nn.ModuleList(nn.Linear(FEATURES, n) for n in
+                                   (len(SHAPES), len(COLORS), MAX_COUNT, len(BACKGROUNDS)))
+
+    def forward(self, x):
+        f = self.body(x)
+        return f, [h(f) for h in self.heads]
+
+
+def _clean_batch(rng, n: int, resolution: int):
+    scenes = [sample_scene(Spec(str(rng.choice(SHAPES)), int(rng.integers(1, MAX_COUNT + 1))), rng)
+              for _ in range(n)]
+    x = to_model_space(np.stack([render(s, resolution) for s in scenes]))
+    y = [torch.tensor([SHAPES.index(s.shape) for s in scenes]),
+         torch.tensor([list(COLORS).index(s.color) for s in scenes]),
+         torch.tensor([len(s.objects) - 1 for s in scenes]),
+         torch.tensor([list(BACKGROUNDS).index(s.background) for s in scenes])]
+    return x, y
+
+
+def feature_net(resolution: int, cache_dir="runs/fd", steps: int = 600) -> FeatureNet:
+    """The cached feature network for a resolution (trained on first use, ~1 min on a CPU)."""
+    path = Path(cache_dir) / f"feature_net_{resolution}px_{steps}steps.pt"
+    net = FeatureNet()
+    if path.exists():
+        net.load_state_dict(torch.load(path, map_location="cpu")["model"])
+        return net.eval()
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in tqdm(range(steps), desc="FD feature net", dynamic_ncols=True):
+        x, ys = _clean_batch(rng, 128, resolution)
+        _, logits = net(x)
+        loss = sum(F.cross_entropy(lg, y) for lg, y in zip(logits, ys))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_checkpoint(path, {"model": net.state_dict()})
+    return net.eval()
+
+
+@torch.no_grad()
+def features(net: FeatureNet, images_uint8) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 64) features."""
+    out = [net(to_model_space(images_uint8[i:i + 512]))[0] for i in range(0, len(images_uint8), 512)]
+    return torch.cat(out).double().numpy()
+
+
+def _sqrtm_psd(c: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(c)
+    return (v * np.sqrt(w.clip(min=0))) @ v.T
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to feature sets a (N, D) and b (M, D).
+    tr((C_a C_b)^(1/2)) = tr((C_a^(1/2) C_b C_a^(1/2))^(1/2)), which is symmetric PSD."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    sa = _sqrtm_psd(ca)
+    cross = np.sqrt(np.linalg.eigvalsh(sa @ cb @ sa).clip(min=0)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * cross)
+
+
+def clean_references(records: list[dict], resolution: int) -> np.ndarray:
+    """A clean render of each evaluation record's prompt (scene drawn with the record's seed)."""
+    from .world import parse
+    return np.stack([render(sample_scene(parse(r["prompt"]), np.random.default_rng(r["seed"])),
+                            resolution) for r in records])
+
+
+def diversity(feats: np.ndarray, records: list[dict]) -> float:
+    """Mean pairwise feature distance between samples of the same prompt, averaged over prompts
+    (collapse to one image per prompt, a failure mode of over-optimization, gives 0)."""
+    prompts = np.array([r["prompt"] for r in records])
+    spreads = []
+    for p in np.unique(prompts):
+        f = feats[prompts == p]
+        if len(f) > 1:
+            d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
+            spreads.append(d.sum() / (len(f) * (len(f) - 1)))
+    return float(np.mean(spreads))

@@ -1,0 +1,55 @@
+"""The paper's two losses, each in one short function (Lee et al. 2023).
+
+Eq. 1, reward learning:  L(phi) = E[(y - r_phi(x, z))^2]
+                                 + lambda * E_{y=1}[ -log softmax_j(r_phi(x, z_j) / T)_{true} ]
+Eq. 2, fine-tuning:      L(theta) = E_{D_model}[ -r_phi(x, z) log p_theta(x | z) ]
+                                   + beta * E_{D_pre}[ -log p_theta(x | z) ]
+with -log p_theta replaced by the epsilon-prediction denoising loss.
+"""
+import torch
+import torch.nn.functional as F
+
+from .kernels import weighted_mse_torch
+
+
+# ------------------------------------------------------------------ Eq. 1: the reward model
+def prompt_classification_loss(scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Auxiliary loss of Eq. 1: scores (B, N) = r(x, z_j) for the true prompt (column 0) and
+    N-1 prompts with one attribute changed; cross-entropy of softmax(scores / T) to column 0."""
+    target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+    return F.cross_entropy(scores / temperature, target)
+
+
+def reward_loss(pred: torch.Tensor, label: torch.Tensor, aug_scores: torch.Tensor | None,
+                lam: float, temperature: float) -> torch.Tensor:
+    """Eq. 1: MSE to the binary label (B,) + lambda * prompt classification on good images.
+    aug_scores: (G, N) scores of the G good images against their N candidate prompts."""
+    loss = F.mse_loss(pred, label.float())
+    if lam > 0 and aug_scores is not None and len(aug_scores):
+        loss = loss + lam * prompt_classification_loss(aug_scores, temperature)
+    return loss
+
+
+# ------------------------------------------------------------------ Eq. 2: fine-tuning
+def eq2_weights(rewards: torch.Tensor, n_pre: int, beta: float) -> torch.Tensor:
+    """Per-sample weights of a batch [D_model half; D_pre half]: the rewards, then beta.
+    Rewards are clamped at 0: a negative weight would *maximize* the likelihood of bad images."""
+    return torch.cat([rewards.clamp(min=0), torch.full((n_pre,), beta, device=rewards.device)])
+
+
+def finetune_loss(eps_hat: torch.Tensor, eps: torch.Tensor, weights: torch.Tensor,
+                  n_model: int, weighted_mse=weighted_mse_torch) -> torch.Tensor:
+    """Eq. 2 on one batch whose first n_model rows come from D_model and the rest from D_pre.
+
+    eps_hat, eps: (B, C, H, W); weights: (B,) from `eq2_weights`. Each expectation of Eq. 2 is
+    a mean over its own half, so with n_model = n_pre = B/2 the loss is
+        (1/n_model) sum_i r_i l_i + beta (1/n_pre) sum_j l_j = 2 * weighted_mse(eps_hat, eps, w)
+    where weighted_mse = sum_b w_b l_b / B (the function a fused CUDA kernel can replace)."""
+    B = eps_hat.shape[0]
+    n_pre = B - n_model
+    if n_model == 0 or n_pre == 0:  # one half only (e.g. the control: D_pre alone)
+        return weighted_mse(eps_hat, eps, weights)
+    # rescale so each half is averaged over its own size even when the split is not 50/50
+    scale = torch.cat([torch.full((n_model,), B / (2 * n_model)),
+                       torch.full((n_pre,), B / (2 * n_pre))]).to(weights)
+    return 2 * weighted_mse(eps_hat, eps, weights * scale)
