@@ -8,6 +8,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from .world import VOCAB, tokenize
 
@@ -41,13 +42,11 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x, context, key_mask=None):
-        B, N, D = x.shape
-        q = self.q(x).view(B, N, self.heads, -1).transpose(1, 2)  # (B, h, N, D/h)
-        k, v = self.kv(context).view(B, context.shape[1], 2, self.heads, -1).unbind(2)
-        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, h, L, D/h)
+        q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads)
+        k, v = rearrange(self.kv(context), "b l (two h d) -> two b h l d", two=2, h=self.heads)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, N, D/h)
-        return self.out(y.transpose(1, 2).reshape(B, N, D))
+        return self.out(rearrange(y, "b h n d -> b n (h d)"))
 
 
 class Block(nn.Module):

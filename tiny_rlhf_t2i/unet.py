@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from .text import Attention, TextEncoder
 
@@ -59,9 +60,8 @@ class CrossAttention(nn.Module):
         self.attn = Attention(channels, text_dim, heads)
 
     def forward(self, x, text, text_mask):
-        B, C, H, W = x.shape
-        q = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
-        return x + self.attn(q, text, text_mask).transpose(1, 2).reshape(B, C, H, W)
+        q = rearrange(self.norm(x), "b c h w -> b (h w) c")  # every pixel is a query token
+        return x + rearrange(self.attn(q, text, text_mask), "b (h w) c -> b c h w", h=x.shape[2])
 
 
 class Level(nn.Module):
