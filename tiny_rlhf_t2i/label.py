@@ -18,13 +18,13 @@ Keys: 1 good, 0 bad, space skip, u or Backspace undo, j show the judge's verdict
 
 import argparse
 import json
-import os
 import re
-import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from .files import atomic_write_text  # temp file + fsync + os.replace: a crash never leaves half a file
 
 LOOPBACK = "127.0.0.1"
 MAX_BODY = 10 * 1024          # every valid post is a few dozen bytes
@@ -84,26 +84,6 @@ def read_skipped(path):
     if not isinstance(skipped, list) or not all(isinstance(i, str) for i in skipped):
         raise ValueError(f"{path}: expected a JSON list of ids")
     return skipped
-
-
-def write_atomically(path, text):
-    """Replace ``path`` with ``text`` so that a crash leaves the old or the new file.
-
-    Writing in place could leave half a labels file after a crash or a
-    full disk, and stage 2 would then train on a truncated set. A temp file
-    in the same folder, fsynced, then os.replace (atomic on one file system)
-    means readers only ever see a complete file.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------- state
@@ -170,10 +150,10 @@ class FeedbackFolder:
         skips = [i for i in self.skipped if i != sample_id] + ([sample_id] if skipped else [])
         if labels != self.labels:
             text = "".join(json.dumps(r) + "\n" for r in labels.values())
-            write_atomically(self.labels_path, text)
+            atomic_write_text(self.labels_path, text)
             self.labels = labels
         if skips != self.skipped:
-            write_atomically(self.skipped_path, json.dumps(skips) + "\n")
+            atomic_write_text(self.skipped_path, json.dumps(skips) + "\n")
             self.skipped = skips
 
     def state(self):

@@ -3,8 +3,10 @@
 Architecture, as in the paper: CLIP image and text embeddings -> MLP -> scalar. The text side
 (our CLIP's text encoder) is frozen, as in the paper: 3,000-odd labeled images cannot teach a
 language model, and freezing keeps the reward's notion of words the one learned from the web.
-The image side is frozen by default too (the paper's setting); `train_image_encoder` lets it
-adapt, which matters when the CLIP image features miss what the labels are about.
+The paper freezes the image side too. `train_image_encoder` (on in train_reward.py's config)
+lets it adapt: our CLIP learned from captions that undercount, so its image features blur
+exactly the distinction (3 vs 4 objects) the labels are about; OpenAI's CLIP is not that blind.
+The cost: the image tower can overfit a few thousand labels; held-out accuracy tells.
 """
 import copy
 
