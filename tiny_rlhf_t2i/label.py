@@ -19,6 +19,7 @@ Keys: 1 good, 0 bad, space skip, u or Backspace undo, j show the judge's verdict
 import argparse
 import json
 import re
+import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -323,6 +324,9 @@ def main(argv=None):
     except (ValueError, OSError) as e:
         parser.exit(2, f"error: {e}\n")
     store = server.store
+    # A process started in the background by a non-interactive shell inherits SIGINT as
+    # ignored; restore Python's handler so Ctrl-C (or a test's SIGINT) always stops the server.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         print(f"labeling {len(store.samples)} images in {args.folder}: "
               f"open http://{LOOPBACK}:{server.server_address[1]}/  (Ctrl-C to stop)", flush=True)
