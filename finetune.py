@@ -29,7 +29,7 @@ from tqdm import tqdm
 from tiny_rlhf_t2i.clip import Clip, ClipConfig
 from tiny_rlhf_t2i.config import config_dict, parse_config
 from tiny_rlhf_t2i.diffusion import EMA, Scheduler, to_model_space
-from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, alignment_table, eval_prompts, fmt, generate,
+from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, alignment_table, eval_records, fmt, generate,
                                     sample_grid_rows, score, win_rate)
 from tiny_rlhf_t2i.feedback import collect, feedback_records, load_labeled, read_jsonl
 from tiny_rlhf_t2i.fidelity import (clean_references, diversity, feature_net, features,
@@ -222,7 +222,7 @@ def main(argv=None):
     train_s = time.time() - t0
 
     # ---- Evaluate every model on the same prompts, seeds and sampler noise (gold judge).
-    records = eval_prompts(cfg.eval_samples_per_prompt)
+    records = eval_records(cfg.eval_samples_per_prompt)
     res = pretrained.cfg.resolution
     fnet = feature_net(res, cache_dir=out.parent / "fd", steps=cfg.fd_net_steps)
     ref_feats = features(fnet, clean_references(records, res))
@@ -244,8 +244,9 @@ def main(argv=None):
         best = scores.argmax(0).numpy()  # (N,)
         imgs = np.stack([cands[k][i] for i, k in enumerate(best)])
         m, goods["best_of_n"], _ = score(imgs, records)
-        m["fd"] = frechet_distance(features(fnet, imgs), ref_feats)
-        m["diversity"] = diversity(features(fnet, imgs), records)
+        f = features(fnet, imgs)
+        m["fd"] = frechet_distance(f, ref_feats)
+        m["diversity"] = diversity(f, records)
         metrics[f"best_of_{cfg.best_of_n}"] = m
         goods[f"best_of_{cfg.best_of_n}"] = goods.pop("best_of_n")
     for name in metrics:

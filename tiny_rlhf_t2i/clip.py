@@ -7,6 +7,7 @@ web captions it inherits their blind spots (counts), as CLIP inherits LAION's.
 """
 import dataclasses
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -76,7 +77,6 @@ def contrastive_loss(clip: Clip, x, ids) -> torch.Tensor:
 def train_clip(cfg: ClipConfig, noise, steps: int, batch_size: int, lr: float, seed: int,
                device) -> Clip:
     """Train CLIP on web-corpus pairs (fresh examples each step; the corpus is large)."""
-    import numpy as np
     torch.manual_seed(seed)
     clip = Clip(cfg).to(device)
     opt = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.01)

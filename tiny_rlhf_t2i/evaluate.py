@@ -25,7 +25,7 @@ def proportion_ci(k: int, n: int) -> dict:
     return {"mean": p, "lo": center - half, "hi": center + half, "n": n}
 
 
-def eval_prompts(samples_per_prompt: int, seed: int = 1234) -> list[dict]:
+def eval_records(samples_per_prompt: int, seed: int = 1234) -> list[dict]:
     """The evaluation records: prompt, category, split and the seed of each sample."""
     records = []
     for split in ("seen", "unseen"):
@@ -73,7 +73,7 @@ def score(images: np.ndarray, records: list[dict]) -> tuple[dict, list[bool], li
 def evaluate_model(model, samples_per_prompt: int, num_inference_steps: int,
                    guidance_scale: float, seed: int = 1234):
     """Sample the fixed evaluation prompts and judge them: (metrics, records, images, goods)."""
-    records = eval_prompts(samples_per_prompt, seed)
+    records = eval_records(samples_per_prompt, seed)
     images = generate(model, records, num_inference_steps, guidance_scale)
     metrics, goods, reasons = score(images, records)
     for r, g, why in zip(records, goods, reasons):

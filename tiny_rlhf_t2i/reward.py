@@ -17,9 +17,7 @@ import torch.nn as nn
 from .clip import Clip
 from .diffusion import to_model_space
 from .text import encode
-from .world import SHAPES, UNSEEN_SHAPES, perturb, parse, to_prompt
-
-AUG_ATTRIBUTES = ("shape", "count", "color", "background")
+from .world import ATTRIBUTES, SHAPES, UNSEEN_SHAPES, perturb, parse, to_prompt
 
 
 class RewardModel(nn.Module):
@@ -63,7 +61,7 @@ def augment_prompts(prompt: str, n_wrong: int, rng: np.random.Generator,
     exactly one of the attributes it names changed. Shapes come from the seen split only, so the
     held-out shapes never enter training through the augmentation."""
     spec = parse(prompt)
-    named = [a for a in AUG_ATTRIBUTES if getattr(spec, a) is not None]
+    named = [a for a in ATTRIBUTES if getattr(spec, a) is not None]
     wrong, tries = [], 0
     while len(wrong) < n_wrong and tries < 100 * n_wrong:
         tries += 1

@@ -16,9 +16,7 @@ import time
 import numpy as np
 
 from .judge import judge
-from .world import RESOLUTIONS, all_prompts, perturb, render, sample_scene
-
-ATTRIBUTES = ("shape", "count", "color", "background")
+from .world import ATTRIBUTES, RESOLUTIONS, all_prompts, perturb, render, sample_scene
 
 
 def selfcheck(n: int, resolution: int, seed: int = 0) -> dict:

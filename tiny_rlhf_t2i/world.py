@@ -42,6 +42,7 @@ PLURAL = {s: s + "s" for s in SHAPES}
 VOCAB = tuple(sorted(set(SHAPES) | set(PLURAL.values()) | set(PALETTE) | set(NUMBERS) | set(VAGUE)
                      | set(FILLER)))
 CATEGORIES = ("count", "color", "background", "combination")
+ATTRIBUTES = ("shape", "count", "color", "background")  # what a prompt can name
 PROMPT_COUNTS = (2, 3, 4)  # counts used by count and combination prompts ("two", "three", "four")
 RESOLUTIONS = (16, 32, 64)
 
