@@ -9,7 +9,7 @@ and a later gain cannot be plain extra training.
 
     python train_unet.py                    # the cpu preset (~35 min on 2 cores)
     python train_unet.py --preset smoke     # seconds; what the tests run
-    python train_unet.py --captions clean   # the control experiment: same budget, clean captions
+    python train_unet.py --captions clean --out_dir runs/unet_clean   # control: exact counts
 """
 import dataclasses
 import math
@@ -35,7 +35,7 @@ from tiny_rlhf_t2i.world import CaptionNoise, web_corpus_batch
 class TrainConfig(ModelConfig, CaptionNoise):
     """Stage 0: pretrain the text-to-image model on the web corpus."""
     out_dir: str = "runs/unet"  # run folder: checkpoint, metrics.json, summary.md, grids
-    captions: str = "web"  # web: noisy captions (the real setting); clean: exact template prompts
+    captions: str = "web"  # web: noisy captions (the real setting); clean: same, counts exact
     seed: int = 0  # seeds the weights, the batches and the noise
     steps: int = 7000  # optimizer steps
     batch_size: int = 128  # images per step
@@ -83,8 +83,9 @@ def model_config(cfg) -> ModelConfig:
 def web_batch(cfg: TrainConfig, step: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch of a step: fixed by (seed, step), so a resumed run sees the same batches."""
     rng = np.random.default_rng([cfg.seed, step])
-    noise = None if cfg.captions == "clean" else CaptionNoise(
-        **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(CaptionNoise)})
+    noise = CaptionNoise(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(CaptionNoise)})
+    if cfg.captions == "clean":  # the same web captions, but every stated count is the true one
+        noise = dataclasses.replace(noise, p_undercount=0.0, p_vague_count=0.0)
     images, captions = web_corpus_batch(rng.integers(0, cfg.corpus_size, cfg.batch_size), noise,
                                         cfg.resolution, cfg.corpus_seed)
     captions = ["" if rng.random() < cfg.p_uncond else c for c in captions]  # CFG dropout
