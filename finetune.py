@@ -29,7 +29,7 @@ from tqdm import tqdm
 from tiny_rlhf_t2i.clip import Clip, ClipConfig
 from tiny_rlhf_t2i.config import config_dict, parse_config
 from tiny_rlhf_t2i.diffusion import EMA, Scheduler, to_model_space
-from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, alignment_table, eval_records, fmt, generate,
+from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, alignment_table, eval_records, generate,
                                     sample_grid_rows, score, win_rate)
 from tiny_rlhf_t2i.feedback import collect, feedback_records, load_labeled, read_jsonl
 from tiny_rlhf_t2i.fidelity import (clean_references, diversity, feature_net, features,

@@ -358,18 +358,17 @@ def web_caption(scene: Scene, noise: CaptionNoise, rng: np.random.Generator) -> 
     return str(rng.choice(PHRASINGS_BG)).format(np=np_, bg=scene.background)
 
 
-def web_example(rng: np.random.Generator, noise: CaptionNoise | None, resolution: int,
+def web_example(rng: np.random.Generator, noise: CaptionNoise, resolution: int,
                 shapes=SHAPES):
     """One pretraining pair: a random scene (every shape, seen and unseen, as LAION holds every
-    object) and its caption; noise=None gives the clean template prompt of the full scene."""
+    object) and its web caption."""
     spec = Spec(str(rng.choice(shapes)), int(rng.integers(1, MAX_COUNT + 1)))
     scene = sample_scene(spec, rng)
-    caption = to_prompt(scene.spec) if noise is None else web_caption(scene, noise, rng)
-    return render(scene, resolution), caption, scene
+    return render(scene, resolution), web_caption(scene, noise, rng), scene
 
 
 
-def web_corpus_batch(indices, noise: CaptionNoise | None, resolution: int, corpus_seed: int = 0):
+def web_corpus_batch(indices, noise: CaptionNoise, resolution: int, corpus_seed: int = 0):
     """Examples `indices` of the (finite, fixed) web corpus: example i is always the same image
     and caption, whatever the batch or the run. Returns ((B, H, W, 3) uint8, [caption] * B)."""
     images, captions = [], []
