@@ -8,6 +8,7 @@ import finetune
 import train_reward
 import train_unet
 from tiny_rlhf_t2i.config import parse_config
+from tiny_rlhf_t2i.unet import load_model
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
@@ -41,6 +42,9 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     for key in ("overall", "count", "color", "background", "combination", "seen", "unseen"):
         assert 0 <= m0["alignment"][key]["mean"] <= 1
     assert "well_formed" in m0 and (tmp_path / "unet" / "samples.png").exists()
+    # Stage 3's D_pre is read from the checkpoint: the smoke corpus, not the cpu preset's.
+    pre = load_model(tmp_path / "unet" / "ckpt.pt").train_config
+    assert pre["corpus_size"] == 2000 and pre["p_undercount"] == 0.7
 
     train_reward.main(["--preset", "smoke", "--unet_dir", unet, "--out_dir", reward,
                        "--feedback_dir", fb])

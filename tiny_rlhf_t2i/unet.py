@@ -126,9 +126,11 @@ class TextToImage(nn.Module):
 
 def load_model(path, made_by: str = "python train_unet.py", weights: str = "ema") -> TextToImage:
     """A trained model from a checkpoint (its EMA weights by default), with a one-line error
-    naming the command that makes the file when it is missing or corrupt."""
+    naming the command that makes the file when it is missing or corrupt. The training
+    config rides along as `model.train_config` (stage 3 reads its web corpus from it)."""
     from .files import load_checkpoint
     state = load_checkpoint(path, made_by)
     model = TextToImage(ModelConfig(**state["model_config"]))
     model.load_state_dict(state[weights])
+    model.train_config = state.get("config", {})
     return model.eval()
