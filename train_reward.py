@@ -56,7 +56,7 @@ class RewardConfig:
     reward_steps: int = 1500  # reward-model training steps
     reward_batch: int = 128  # reward-model batch size
     reward_lr: float = 1e-3  # reward-model learning rate
-    train_image_encoder: bool = True  # let the reward's image encoder adapt (paper: frozen)
+    train_image_encoder: bool = False  # let the reward's image encoder adapt (paper: frozen)
     lam: float = 0.5  # lambda: weight of the prompt-classification loss (Eq. 1, paper 0.5)
     temperature: float = 2.0  # T of softmax(r / T) in prompt classification (paper 2)
     n_prompts: int = 5  # N: the true prompt and N-1 one-attribute-changed prompts

@@ -3,10 +3,10 @@
 Architecture, as in the paper: CLIP image and text embeddings -> MLP -> scalar. The text side
 (our CLIP's text encoder) is frozen, as in the paper: 3,000-odd labeled images cannot teach a
 language model, and freezing keeps the reward's notion of words the one learned from the web.
-The paper freezes the image side too. `train_image_encoder` (on in train_reward.py's config)
-lets it adapt: our CLIP learned from captions that undercount, so its image features blur
-exactly the distinction (3 vs 4 objects) the labels are about; OpenAI's CLIP is not that blind.
-The cost: the image tower can overfit a few thousand labels; held-out accuracy tells.
+The image side is frozen too by default, as in the paper. `train_image_encoder` lets it adapt
+(our CLIP learned from captions that undercount, so one might hope the labels sharpen its
+features for 3 vs 4 objects); measured on held-out feedback it overfits the few thousand labels
+instead: pairwise accuracy 78.6% / 61.8% (seen / unseen) trained vs 84.9% / 68.8% frozen.
 """
 import copy
 
