@@ -13,8 +13,8 @@
    and the best-of-n baseline; write report.md, metrics.json and a before/after grid.
 
     python finetune.py                                   # after train_reward.py
-    python finetune.py --runs labeled_only,unlabeled,feedback,beta0.5,beta2 \\
-                       --out_dir runs/ablation            # the paper's Table 3 ablation
+    python finetune.py --runs labeled_only,unlabeled,feedback,beta0.5,beta1,beta2 --steps 750 \\
+        --eval_samples_per_prompt 8 --best_of_n 1 --out_dir runs/ablation   # the paper's Table 3
 """
 import dataclasses
 import json
@@ -54,14 +54,14 @@ class FinetuneConfig:
     runs: str = "feedback,control,gold"  # fine-tuning runs (see RUNS in finetune.py)
     seed: int = 0  # seeds batches, noise and the unlabeled samples
     unlabeled_per_category: int = 1000  # unlabeled samples per category (paper: 16K in all)
-    beta: float = 1.0  # weight of the pretraining loss, Eq. 2
+    beta: float = 0.1  # weight of the pretraining loss, Eq. 2 (paper: 1; see README, ablation)
     model_fraction: float = 0.5  # fraction of each batch from D_model (paper: half)
     steps: int = 1500  # fine-tuning steps per run (the control trains as long)
     batch_size: int = 128  # images per step, D_model and D_pre together
-    lr: float = 2e-4  # AdamW learning rate (warmup, then cosine decay to 0)
+    lr: float = 5e-4  # AdamW learning rate (warmup, then cosine decay to 0)
     warmup_steps: int = 50  # linear warmup steps
     ema_decay: float = 0.995  # EMA of the fine-tuned weights (starts at the pretrained EMA)
-    p_uncond: float = 0.1  # caption dropout, as in pretraining, so guidance keeps working
+    p_uncond: float = 0.1  # caption dropout on D_pre rows, as in pretraining (guidance needs it)
     guidance_scale: float = 3.0  # sampling for the unlabeled set and the evaluation
     num_inference_steps: int = 25  # DDIM steps
     eval_samples_per_prompt: int = 16  # samples per fixed evaluation prompt (88 prompts)
@@ -89,9 +89,11 @@ RUNS = {
     "feedback": dict(weights="reward", labeled=True, unlabeled=True),  # the paper's method
     "control": dict(weights=None),  # same steps, D_pre only: extra training without feedback
     "gold": dict(weights="gold", labeled=True, unlabeled=True),  # a perfect reward model
-    "labeled_only": dict(weights="reward", labeled=True, unlabeled=False, beta=0.0),  # Table 3
-    "unlabeled": dict(weights="reward", labeled=True, unlabeled=True, beta=0.0),  # + unlabeled
+    # The paper's Table 3: labeled only; + unlabeled; + pretraining loss (= feedback); beta.
+    "labeled_only": dict(weights="reward", labeled=True, unlabeled=False, beta=0.0),
+    "unlabeled": dict(weights="reward", labeled=True, unlabeled=True, beta=0.0),
     "beta0.5": dict(weights="reward", labeled=True, unlabeled=True, beta=0.5),
+    "beta1": dict(weights="reward", labeled=True, unlabeled=True, beta=1.0),
     "beta2": dict(weights="reward", labeled=True, unlabeled=True, beta=2.0),
 }
 
@@ -135,7 +137,8 @@ def finetune(name: str, spec: dict, pretrained, d_model: dict, cfg: FinetuneConf
         step, curve = state["step"], state["loss_curve"]
     if step >= cfg.steps:
         return ema.model.eval()
-    noise_cfg = CaptionNoise()
+    pre = pretrained.train_config  # stage 0's config: D_pre is the very corpus it trained on
+    noise_cfg = CaptionNoise(**{f.name: pre[f.name] for f in dataclasses.fields(CaptionNoise)})
     last = time.time()
     for step in tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc=f"finetune {name}",
                      dynamic_ncols=True):
@@ -144,8 +147,8 @@ def finetune(name: str, spec: dict, pretrained, d_model: dict, cfg: FinetuneConf
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_scale
         n_pre = cfg.batch_size - n_model
-        images, captions = web_corpus_batch(rng.integers(0, 500_000, n_pre), noise_cfg,
-                                            pretrained.cfg.resolution)  # D_pre: the web corpus
+        images, captions = web_corpus_batch(rng.integers(0, pre["corpus_size"], n_pre), noise_cfg,
+                                            pretrained.cfg.resolution, pre["corpus_seed"])  # D_pre
         x_pre, ids_pre = to_model_space(images), encode(captions)  # (n_pre, 3, H, W), (n_pre, L)
         if n_model:
             idx = torch.from_numpy(rng.integers(0, len(x_all), n_model))
@@ -154,7 +157,10 @@ def finetune(name: str, spec: dict, pretrained, d_model: dict, cfg: FinetuneConf
             weights = eq2_weights(w_all[idx], n_pre, beta)  # (B,)
         else:
             x0, ids, weights = x_pre, ids_pre, torch.ones(n_pre)
-        drop = torch.from_numpy(rng.random(len(ids)) < cfg.p_uncond)  # guidance's caption dropout
+        # Caption dropout on D_pre rows only: a D_model row's weight r(x, z) is about the pair
+        # (x, z), and with z dropped it would teach the unconditional model the feedback images.
+        drop = torch.from_numpy(rng.random(len(ids)) < cfg.p_uncond)  # (B,)
+        drop[:n_model] = False
         ids[drop] = encode([""])[0]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         t = torch.randint(0, scheduler.num_train_timesteps, (len(x0),), generator=gen)
