@@ -1,0 +1,42 @@
+"""Count prompts broken down by the number asked for, for one or more checkpoints.
+
+    python benchmarks/count_breakdown.py runs/unet/ckpt.pt runs/finetune/gold/ckpt.pt
+
+Uses the evaluation's own count prompts, seeds and sampler (evaluate.eval_records, 16 samples per
+prompt, 25 DDIM steps, guidance 3), so its totals equal the `count` row of the reports. Prints,
+per checkpoint, good / asked for each number and the most common ways the bad ones failed.
+"""
+import argparse
+import collections
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from tiny_rlhf_t2i.evaluate import eval_records, generate, score  # noqa: E402
+from tiny_rlhf_t2i.unet import load_model  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ckpts", nargs="+", type=Path, help="checkpoints (ckpt.pt) to compare")
+    parser.add_argument("--samples_per_prompt", type=int, default=16)
+    args = parser.parse_args()
+    records = [r for r in eval_records(args.samples_per_prompt) if r["category"] == "count"]
+    for path in args.ckpts:
+        _, goods, reasons = score(generate(load_model(path), records, 25, 3.0), records)
+        tally = collections.defaultdict(lambda: [0, 0])  # number word -> [good, asked]
+        failures = collections.Counter()
+        for r, good, reason in zip(records, goods, reasons):
+            number = r["prompt"].split()[0]
+            tally[number][0] += good
+            tally[number][1] += 1
+            if not good:
+                failures[(number, reason.split("found")[-1].strip())] += 1
+        print(f"{path}: " + ", ".join(f"{w} {g}/{n}" for w, (g, n) in tally.items())
+              + f" (count {sum(goods)}/{len(goods)})")
+        for (number, found), k in failures.most_common(4):
+            print(f"    asked {number}, found {found}: {k}x")
+
+
+if __name__ == "__main__":
+    main()
