@@ -114,7 +114,8 @@ def backend_curves(pretrained, out: Path, steps: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON results file")
-    parser.add_argument("--steps", type=int, default=100, help="timed training steps per mode (0: skip part 1)")
+    parser.add_argument("--steps", type=int, default=100,
+                        help="timed training steps per mode (0: skip part 1)")
     parser.add_argument("--ft_steps", type=int, default=150, help="fine-tuning steps per backend")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -124,7 +125,8 @@ def main():
                   config=config_dict(cfg), speed={})
     torch.manual_seed(0)
     model = TextToImage(train_unet.model_config(cfg)).to(DEVICE)  # untrained, if --steps 0
-    for name, bf16 in [("fp32_eager", False), ("bf16_channels_last", True)][:2 if args.steps else 0]:
+    modes = [("fp32_eager", False), ("bf16_channels_last", True)] if args.steps else []
+    for name, bf16 in modes:
         model, speed = train_speed(cfg, bf16, args.steps)
         speed["images_per_s"] = sample_speed(model, bf16)
         result["speed"][name] = speed
