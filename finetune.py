@@ -180,7 +180,8 @@ def finetune(name: str, spec: dict, pretrained, d_model: dict, cfg: FinetuneConf
         if time.time() - last > 300 or step + 1 == cfg.steps:
             save_checkpoint(ckpt, {"model": model.state_dict(), "ema": ema.model.state_dict(),
                                    "opt": opt.state_dict(), "step": step + 1, "loss_curve": curve,
-                                   "model_config": dataclasses.asdict(pretrained.cfg)})
+                                   "model_config": dataclasses.asdict(pretrained.cfg),
+                                   "config": pre})  # stage 0's config: D_pre, if tuned again
             last = time.time()
     atomic_write_text(out / "loss_curve.json", json.dumps(curve))
     return ema.model.eval()
