@@ -7,7 +7,8 @@ import torch
 
 from tiny_rlhf_t2i.clip import Clip, ClipConfig
 from tiny_rlhf_t2i.diffusion import to_model_space
-from tiny_rlhf_t2i.feedback import load_labeled, read_jsonl
+from tiny_rlhf_t2i.feedback import (collect, feedback_records, load_labeled, read_jsonl,
+                                    write_jsonl)
 from tiny_rlhf_t2i.losses import reward_loss
 from tiny_rlhf_t2i.reward import RewardModel, augment_prompts
 from tiny_rlhf_t2i.text import encode
@@ -90,3 +91,15 @@ def test_labels_file_errors_name_the_line(tmp_path):
         load_labeled(tmp_path, "python train_reward.py")
     with pytest.raises(SystemExit, match="does not exist; run `python train_reward.py`"):
         load_labeled(tmp_path / "nowhere", "python train_reward.py")
+
+
+def test_collect_refuses_a_folder_made_with_other_settings(tmp_path):
+    """Resuming into a folder sampled for other records (another per-category size or seed)
+    would silently mix two data sets; collect stops before sampling anything."""
+    old = feedback_records("seen", 8, seed=2)
+    write_jsonl(tmp_path / "samples.jsonl", [{**r, "judge_good": True, "judge_reason": ""}
+                                             for r in old])
+    new = feedback_records("seen", 16, seed=2)  # same ids, other prompts
+    assert any(a["id"] == b["id"] and a["prompt"] != b["prompt"] for a, b in zip(old, new))
+    with pytest.raises(SystemExit, match="was made with other settings"):
+        collect(None, tmp_path, new, num_inference_steps=5, guidance_scale=3.0, flip_rate=0.0)

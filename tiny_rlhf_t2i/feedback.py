@@ -73,7 +73,13 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
     samples_path, labels_path = folder / "samples.jsonl", folder / "labels.jsonl"
     samples = read_jsonl(samples_path, "train_reward.py") if samples_path.exists() else []
     labels = read_jsonl(labels_path, "train_reward.py") if labels_path.exists() else []
-    done = {r["id"] for r in samples}
+    done = {r["id"]: r for r in samples}
+    for r in records:  # resuming is only sound if the folder was made for these very records
+        old = done.get(r["id"])
+        if old is not None and (old["prompt"], old["seed"]) != (r["prompt"], r["seed"]):
+            raise SystemExit(f"error: {folder} was made with other settings (its image {r['id']} "
+                             f"is for {old['prompt']!r}, now asked for {r['prompt']!r}); delete "
+                             f"the folder or choose another --feedback_dir")
     todo = [r for r in records if r["id"] not in done]
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=f"sample {folder.name}",
                dynamic_ncols=True)
