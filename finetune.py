@@ -4,7 +4,9 @@
    on seen feedback prompts, every image weighted by the reward model's score r_phi(x, z).
    D_pre: the web corpus (pretraining data).
 2. Fine-tune with Eq. 2: reward-weighted denoising loss on D_model + beta * denoising loss on
-   D_pre, half of every batch from each (losses.finetune_loss).
+   D_pre, half of every batch from each (losses.finetune_loss). One change to the paper, on by
+   default (--balance false undoes it): the weights are rescaled so that prompts the model
+   rarely gets right ("three ...") keep their share of D_model (losses.balance_groups).
 3. Two more runs make the result honest: the *control* (the same steps and optimizer on D_pre
    alone: whatever it gains is extra training, not feedback) and *gold* (the judge's labels as
    weights: a perfect reward model, the ceiling of the method).
@@ -13,8 +15,8 @@
    and the best-of-n baseline; write report.md, metrics.json and a before/after grid.
 
     python finetune.py                                   # after train_reward.py
-    python finetune.py --runs labeled_only,unlabeled,feedback,beta0.5,beta1,beta2 --steps 750 \\
-        --eval_samples_per_prompt 8 --best_of_n 1 --out_dir runs/ablation   # the paper's Table 3
+    python finetune.py --runs labeled_only,unlabeled,feedback,unbalanced,beta0.5,beta1,beta2 \\
+        --steps 750 --eval_samples_per_prompt 8 --best_of_n 1 --out_dir runs/ablation  # Table 3
 """
 import dataclasses
 import json
@@ -37,11 +39,11 @@ from tiny_rlhf_t2i.fidelity import (clean_references, diversity, feature_net, fe
 from tiny_rlhf_t2i.files import (atomic_write_text, load_checkpoint, pick_device, save_checkpoint,
                                  save_grid, write_metrics)
 from tiny_rlhf_t2i.kernels import resolve_loss_backend
-from tiny_rlhf_t2i.losses import eq2_weights, finetune_loss
+from tiny_rlhf_t2i.losses import balance_groups, eq2_weights, finetune_loss
 from tiny_rlhf_t2i.reward import RewardModel
 from tiny_rlhf_t2i.text import encode
 from tiny_rlhf_t2i.unet import load_model
-from tiny_rlhf_t2i.world import CaptionNoise, web_corpus_batch
+from tiny_rlhf_t2i.world import CaptionNoise, parse, web_corpus_batch
 
 
 @dataclasses.dataclass
@@ -56,6 +58,7 @@ class FinetuneConfig:
     unlabeled_per_category: int = 1000  # unlabeled samples per category (paper: 16K in all)
     beta: float = 0.1  # weight of the pretraining loss, Eq. 2 (paper: 1; see README, ablation)
     model_fraction: float = 0.5  # fraction of each batch from D_model (paper: half)
+    balance: bool = True  # rescale weights per (category, number) group (losses.balance_groups)
     steps: int = 1500  # fine-tuning steps per run (the control trains as long)
     batch_size: int = 128  # images per step, D_model and D_pre together
     lr: float = 5e-4  # AdamW learning rate (warmup, then cosine decay to 0)
@@ -89,6 +92,7 @@ RUNS = {
     "feedback": dict(weights="reward", labeled=True, unlabeled=True),  # the paper's method
     "control": dict(weights=None),  # same steps, D_pre only: extra training without feedback
     "gold": dict(weights="gold", labeled=True, unlabeled=True),  # a perfect reward model
+    "unbalanced": dict(weights="reward", labeled=True, unlabeled=True, balance=False),  # plain Eq. 2
     # The paper's Table 3: labeled only; + unlabeled; + pretraining loss (= feedback); beta.
     "labeled_only": dict(weights="reward", labeled=True, unlabeled=False, beta=0.0),
     "unlabeled": dict(weights="reward", labeled=True, unlabeled=True, beta=0.0),
@@ -98,9 +102,10 @@ RUNS = {
 }
 
 
-def load_reward(reward_dir: Path, preset: str) -> RewardModel:
+def load_reward(reward_dir: Path, preset: str, name: str = "reward") -> RewardModel:
+    """A stage-2 reward model (name: reward, or reward_no_pc for the one without Eq. 1's PC)."""
     made_by = f"python train_reward.py --preset {preset}"
-    state = load_checkpoint(reward_dir / "reward.pt", made_by)
+    state = load_checkpoint(reward_dir / f"{name}.pt", made_by)
     clip = Clip(ClipConfig(**state["clip_config"]))
     model = RewardModel(clip)
     model.load_state_dict(state["model"])
@@ -121,6 +126,8 @@ def finetune(name: str, spec: dict, pretrained, d_model: dict, cfg: FinetuneConf
                          for s in d_model["source"]])
         x_all, ids_all = d_model["x"][keep], d_model["ids"][keep]
         w_all = d_model[spec["weights"]][keep]  # (N,) reward scores or gold labels
+        if spec.get("balance", cfg.balance):  # losses.balance_groups: why, and what it gains
+            w_all = balance_groups(w_all, [g for g, k in zip(d_model["group"], keep) if k])
         n_model = round(cfg.batch_size * cfg.model_fraction)
     torch.manual_seed(cfg.seed)
     model = pretrained.__class__(pretrained.cfg)
@@ -220,7 +227,8 @@ def main(argv=None):
                "reward": reward.to(device).score(all_images, prompts).cpu(),
                "gold": torch.tensor([float(labeled_judge[r["id"]]) for r in rows]
                                     + [float(r["judge_good"]) for r in u_rows]),
-               "source": ["labeled"] * len(rows) + ["unlabeled"] * len(u_rows)}
+               "source": ["labeled"] * len(rows) + ["unlabeled"] * len(u_rows),
+               "group": [f"{r['category']}/{parse(r['prompt']).count}" for r in rows + u_rows]}
 
     # ---- Fine-tune: each run starts from the pretrained weights.
     models = {"pretrained": pretrained}
@@ -287,7 +295,8 @@ def main(argv=None):
 def report_md(metrics: dict, cfg: FinetuneConfig, main_run: str, seconds: float) -> str:
     """The results tables: alignment (per category, split) and fidelity, win rates."""
     lines = [f"# Stage 3: reward-weighted fine-tuning (preset {cfg.preset}, {seconds / 60:.1f} min)",
-             "", f"Main run: `{main_run}`; {cfg.steps} steps, beta={cfg.beta}, batch {cfg.batch_size} "
+             "", f"Main run: `{main_run}`; {cfg.steps} steps, beta={cfg.beta}, "
+             f"balance={cfg.balance}, batch {cfg.batch_size} "
              f"({cfg.model_fraction:.0%} D_model). Gold-judge alignment with 95% CI "
              f"({cfg.eval_samples_per_prompt} samples per evaluation prompt):", "",
              alignment_table(metrics), "| fidelity | FD | diversity | win / tie / loss vs pretrained "

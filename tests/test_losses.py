@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from tiny_rlhf_t2i.evaluate import alignment, pairwise_accuracy, proportion_ci, roc_auc, win_rate
 from tiny_rlhf_t2i.fidelity import frechet_distance
-from tiny_rlhf_t2i.losses import (eq2_weights, finetune_loss, prompt_classification_loss,
-                                  reward_loss)
+from tiny_rlhf_t2i.losses import (balance_groups, eq2_weights, finetune_loss,
+                                  prompt_classification_loss, reward_loss)
 
 
 def test_prompt_classification_loss_by_hand():
@@ -64,6 +64,20 @@ def test_pretraining_half_contributes_when_beta_positive():
 def test_reward_weights_are_never_negative():
     assert eq2_weights(torch.tensor([-0.3, 0.7]), n_pre=1, beta=1.0).tolist() == [0.0,
                                                                                    pytest.approx(0.7), 1.0]
+
+
+def test_balance_groups_by_hand():
+    # group a: 1 of 4 images good (weight 1), group b: 3 of 4 good; mean weight 0.5.
+    # Each group keeps half of the total weight 4: a's one image 2.0, b's three 2/3 each.
+    w = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0])
+    out = balance_groups(w, ["a"] * 4 + ["b"] * 4)
+    assert out.tolist() == pytest.approx([2.0, 0, 0, 0, 2 / 3, 2 / 3, 2 / 3, 0])
+    # soft rewards keep their ratios inside a group; an all-zero group stays zero
+    r = torch.tensor([0.8, 0.2, 0.0, 0.0, 0.5, 0.5])
+    out = balance_groups(r, ["a", "a", "z", "z", "b", "b"])
+    assert out[0] / out[1] == pytest.approx(4.0) and out[2:4].tolist() == [0, 0]
+    assert out.sum().item() == pytest.approx(r.sum().item())
+    assert out[:2].sum().item() == pytest.approx(out[4:].sum().item())
 
 
 def test_perfect_model_scores_100_percent_and_ci_width():
