@@ -4,7 +4,8 @@
 
 Uses the evaluation's own count prompts, seeds and sampler (evaluate.eval_records, 16 samples per
 prompt, 25 DDIM steps, guidance 3), so its totals equal the `count` row of the reports. Prints,
-per checkpoint, good / asked for each number and the most common ways the bad ones failed.
+per checkpoint, good / asked for each number, how many of the bad ones hold a malformed blob,
+and the most common ways the bad ones failed.
 """
 import argparse
 import collections
@@ -24,7 +25,7 @@ def main():
     records = [r for r in eval_records(args.samples_per_prompt) if r["category"] == "count"]
     for path in args.ckpts:
         _, goods, reasons = score(generate(load_model(path), records, 25, 3.0), records)
-        tally = collections.defaultdict(lambda: [0, 0])  # number word -> [good, asked]
+        tally = collections.defaultdict(lambda: [0, 0, 0])  # number -> [good, asked, blob]
         failures = collections.Counter()
         for r, good, reason in zip(records, goods, reasons):
             number = r["prompt"].split()[0]
@@ -32,7 +33,9 @@ def main():
             tally[number][1] += 1
             if not good:
                 failures[(number, reason.split("found")[-1].strip())] += 1
-        print(f"{path}: " + ", ".join(f"{w} {g}/{n}" for w, (g, n) in tally.items())
+                tally[number][2] += "malformed" in reason
+        print(f"{path}: " + ", ".join(f"{w} {g}/{n} ({b} bad with a malformed blob)"
+                                      for w, (g, n, b) in tally.items())
               + f" (count {sum(goods)}/{len(goods)})")
         for (number, found), k in failures.most_common(4):
             print(f"    asked {number}, found {found}: {k}x")
