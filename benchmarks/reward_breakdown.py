@@ -20,14 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from finetune import load_reward  # noqa: E402
 from tiny_rlhf_t2i.evaluate import pairwise_accuracy  # noqa: E402
 from tiny_rlhf_t2i.feedback import load_labeled  # noqa: E402
-from tiny_rlhf_t2i.world import COLORS, PALETTE, SHAPES, parse  # noqa: E402
+from tiny_rlhf_t2i.world import PALETTE, SHAPES, parse  # noqa: E402
 
 
 def failure_kind(reason: str) -> str:
     """'asked for 4 circles, found 3 red circles on gray and 1 malformed blob(s)' ->
     '3 C S on C and 1 malformed blob(s)': colors and shapes abstracted away."""
     found = reason.split("found ")[-1]
-    found = re.sub(r"\b(" + "|".join(set(PALETTE) | set(COLORS)) + r")\b", "C", found)
+    found = re.sub(r"\b(" + "|".join(PALETTE) + r")\b", "C", found)
     return re.sub(r"\b(" + "|".join(SHAPES) + r")s?\b", "S", found)
 
 
