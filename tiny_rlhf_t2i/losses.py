@@ -48,13 +48,13 @@ def balance_groups(weights: torch.Tensor, groups: list[str]) -> torch.Tensor:
     weights are all 0 stays at 0 and its share goes to the others. A good image of a rare group
     may weigh several times 1 (gold weights: 5.2 on "three" count prompts, 10.8 on "three"
     combinations, against 0.75 on color prompts)."""
-    rows = {g: torch.tensor([h == g for h in groups]) for g in set(groups)}
-    live = {g: m for g, m in rows.items() if weights[m].sum() > 0}
+    masks = [torch.tensor([h == g for h in groups]) for g in set(groups)]  # one (N,) per group
+    live = [m for m in masks if weights[m].sum() > 0]
     if not live:  # every weight is 0: nothing to rescale
         return weights.clone()
-    per_image = weights.sum() / sum(int(m.sum()) for m in live.values())  # weight per image
+    per_image = weights.sum() / sum(int(m.sum()) for m in live)  # weight per image
     out = torch.zeros_like(weights)
-    for m in live.values():
+    for m in live:
         out[m] = weights[m] / weights[m].sum() * m.sum() * per_image
     return out
 
