@@ -132,7 +132,7 @@ def finetune(name: str, spec: dict, pretrained, d_model: dict, cfg: FinetuneConf
     torch.manual_seed(cfg.seed)
     model = pretrained.__class__(pretrained.cfg)
     model.load_state_dict(pretrained.state_dict())
-    model = model.to(device).train()
+    model = model.to(device, memory_format=torch.channels_last).train()  # as pretrained: main()
     ema = EMA(model, cfg.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     scheduler, step, curve, running = Scheduler(), 0, [], []
@@ -208,11 +208,13 @@ def main(argv=None):
 
     # ---- Load what the earlier stages made (each missing file names the command that makes it).
     pretrained = load_model(Path(cfg.unet_dir) / "ckpt.pt", f"python train_unet.py --preset {cfg.preset}")
+    # channels_last: the convolutions run ~10% faster on CPU (measured, 2 cores); same math.
+    pretrained = pretrained.to(device, memory_format=torch.channels_last)
     reward = load_reward(Path(cfg.reward_dir), cfg.preset)
     rows, images = load_labeled(fb / "train", f"python train_reward.py --preset {cfg.preset}")
 
     # ---- D_model: labeled feedback + unlabeled samples of seen feedback prompts, all scored by r.
-    collect(pretrained.to(device), fb / "unlabeled",
+    collect(pretrained, fb / "unlabeled",
             feedback_records("seen", cfg.unlabeled_per_category, cfg.seed + 2), flip_rate=0.0,
             labeler="none", num_inference_steps=cfg.num_inference_steps,
             guidance_scale=cfg.guidance_scale)
@@ -243,7 +245,7 @@ def main(argv=None):
     ref_feats = features(fnet, clean_references(records, res))
     metrics, goods, grids = {}, {}, {}
     for name, model in tqdm(models.items(), desc="evaluate", dynamic_ncols=True):
-        imgs = generate(model.to(device), records, cfg.num_inference_steps, cfg.guidance_scale)
+        imgs = generate(model, records, cfg.num_inference_steps, cfg.guidance_scale)
         m, goods[name], _ = score(imgs, records)
         f = features(fnet, imgs)
         m["fd"] = frechet_distance(f, ref_feats)
