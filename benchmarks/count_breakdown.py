@@ -12,6 +12,8 @@ import collections
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from tiny_rlhf_t2i.evaluate import eval_records, generate, score  # noqa: E402
 from tiny_rlhf_t2i.unet import load_model  # noqa: E402
@@ -24,7 +26,8 @@ def main():
     args = parser.parse_args()
     records = [r for r in eval_records(args.samples_per_prompt) if r["category"] == "count"]
     for path in args.ckpts:
-        _, goods, reasons = score(generate(load_model(path), records, 25, 3.0), records)
+        model = load_model(path).to(memory_format=torch.channels_last)  # as finetune.py samples
+        _, goods, reasons = score(generate(model, records, 25, 3.0), records)
         tally = collections.defaultdict(lambda: [0, 0, 0])  # number -> [good, asked, blob]
         failures = collections.Counter()
         for r, good, reason in zip(records, goods, reasons):
