@@ -15,11 +15,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from finetune import load_reward  # noqa: E402
+from tiny_rlhf_t2i.diffusion import to_model_space  # noqa: E402
 from tiny_rlhf_t2i.evaluate import pairwise_accuracy  # noqa: E402
 from tiny_rlhf_t2i.feedback import load_labeled  # noqa: E402
+from tiny_rlhf_t2i.text import encode  # noqa: E402
 from tiny_rlhf_t2i.world import PALETTE, SHAPES, parse  # noqa: E402
 
 
@@ -40,10 +43,13 @@ def main():
     prompts = [r["prompt"] for r in rows]
     y = np.array([r["label"] for r in rows])
     groups = np.array([f"{r['split']}/{r['category']}/{parse(r['prompt']).count}" for r in rows])
-    scores = {}
+    scores, logits = {}, {}
     for name in ("reward_no_pc", "reward"):
         model = load_reward(args.reward_dir, "cpu", name)
         scores[name] = model.score(images, prompts).numpy()
+        with torch.no_grad():
+            logits[name] = model.logit(model.image_features(to_model_space(images)),
+                                       model.text_features(encode(prompts))).numpy()
     print("| group | images | good | pairs | " + " | ".join(scores) + " |")
     print("|---|---|---|---|" + "---|" * len(scores))
     for g in sorted(set(groups)):
@@ -53,6 +59,15 @@ def main():
         accs = [pairwise_accuracy(s[m], y[m], p) for s in scores.values()]
         print(f"| {g} | {m.sum()} | {y[m].mean():.0%} | {pairs} | "
               + " | ".join("-" if np.isnan(a) else f"{100 * a:.1f}" for a in accs) + " |")
+    print("\nsaturation: a sigmoid above ~16.6 rounds to exactly 1.0 in float32, and pairwise "
+          "accuracy counts ties as half a pair")
+    for name in scores:
+        split = np.array([r["split"] for r in rows])
+        by_logit = [pairwise_accuracy(logits[name][split == s], y[split == s],
+                                      np.array(prompts)[split == s]) for s in ("seen", "unseen")]
+        print(f"  {name}: {(scores[name] == 1.0).mean():.1%} of the rewards are exactly 1.0; "
+              f"logits {logits[name].min():.1f} to {logits[name].max():.1f}; pairwise accuracy "
+              f"ranked by the logit: seen {100 * by_logit[0]:.1f}, unseen {100 * by_logit[1]:.1f}")
     print("\nmost common failures of the bad held-out count images:")
     for g in sorted(g for g in set(groups) if "/count/" in g):
         kinds = collections.Counter(failure_kind(r["reason"]) for r, h in zip(rows, groups)

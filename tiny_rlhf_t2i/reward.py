@@ -37,9 +37,14 @@ class RewardModel(nn.Module):
     def text_features(self, ids):
         return self.text_proj(self.text(ids)[2])  # (B, E)
 
+    def logit(self, img, txt):
+        """(B, E), (B, E) -> the reward before its sigmoid, (B,). The product term lets a small
+        MLP compare them."""
+        return self.mlp(torch.cat([img, txt, img * txt], -1)).squeeze(-1)
+
     def head(self, img, txt):
-        """(B, E), (B, E) -> r in [0, 1], (B,). The product term lets a small MLP compare them."""
-        return torch.sigmoid(self.mlp(torch.cat([img, txt, img * txt], -1))).squeeze(-1)
+        """(B, E), (B, E) -> r in [0, 1], (B,)."""
+        return torch.sigmoid(self.logit(img, txt))
 
     def forward(self, x, ids):
         return self.head(self.image_features(x), self.text_features(ids))
