@@ -1,11 +1,15 @@
 """Seed noise of stage 2: the reward with and without prompt classification, over several seeds.
 
-    python benchmarks/reward_seeds.py --seeds 0,1,2          # ~7 min on 2 cores
+    python benchmarks/reward_seeds.py --seeds 0,1,2                     # ~7 min on 2 cores
+    python benchmarks/reward_seeds.py --seeds 0,1,2 --clip_steps 3000   # a longer-trained CLIP
 
 Retrains only the reward models of train_reward.py (its cpu-preset config, one seed at a time)
 on the same feedback set and the same CLIP (runs/reward/clip.pt), and measures each on the
 held-out set. Seed 0 is the train_reward.py run itself, so its row equals runs/reward/metrics.json.
 A difference between the two rewards smaller than the spread across seeds is not a finding.
+The last rows are the ensemble of the seeds (the mean of their scores), a cheap way to lower the
+seed noise. With --clip_steps a fresh CLIP is trained first (train_reward.py's recipe, more
+steps) and the CLIP-score baseline is printed for it.
 """
 import argparse
 import dataclasses
@@ -13,13 +17,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import train_reward  # noqa: E402
-from tiny_rlhf_t2i.clip import Clip, ClipConfig  # noqa: E402
+from tiny_rlhf_t2i.clip import Clip, ClipConfig, train_clip  # noqa: E402
 from tiny_rlhf_t2i.config import parse_config  # noqa: E402
 from tiny_rlhf_t2i.feedback import load_labeled  # noqa: E402
 from tiny_rlhf_t2i.files import load_checkpoint, pick_device  # noqa: E402
+from tiny_rlhf_t2i.world import CaptionNoise  # noqa: E402
 
 
 def main():
@@ -27,30 +33,41 @@ def main():
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated reward seeds")
     parser.add_argument("--reward_dir", type=Path, default=Path("runs/reward"))
     parser.add_argument("--feedback_dir", type=Path, default=Path("data/feedback"))
+    parser.add_argument("--clip_steps", type=int, default=0,
+                        help="train a fresh CLIP for this many steps (0: load reward_dir/clip.pt)")
     args = parser.parse_args()
     made_by = "python train_reward.py"
     cfg = parse_config(train_reward.RewardConfig, train_reward.PRESETS, [])
     device = pick_device(cfg.device)
     rows, images = load_labeled(args.feedback_dir / "train", made_by)
     h_rows, h_images = load_labeled(args.feedback_dir / "heldout", made_by)
-    clip = Clip(ClipConfig(resolution=images.shape[1]))
-    clip.load_state_dict(load_checkpoint(args.reward_dir / "clip.pt", made_by)["model"])
-    clip = clip.to(device).eval()
-    results = {"reward_no_pc": [], "reward": []}
+    prompts = [r["prompt"] for r in h_rows]
+    if args.clip_steps:
+        clip = train_clip(ClipConfig(resolution=images.shape[1]), CaptionNoise(), args.clip_steps,
+                          cfg.clip_batch, cfg.clip_lr, cfg.seed, device)
+    else:
+        clip = Clip(ClipConfig(resolution=images.shape[1]))
+        clip.load_state_dict(load_checkpoint(args.reward_dir / "clip.pt", made_by)["model"])
+        clip = clip.to(device).eval()
+    pairwise = lambda score: [100 * m["pairwise_accuracy"]
+                              for m in train_reward.measure(score, h_rows).values()]  # seen, unseen
+    scores = {"reward_no_pc": [], "reward": []}  # per scorer, one (N,) array per seed
     print("| seed | scorer | pairwise seen | unseen |\n|---|---|---|---|")
+    with torch.no_grad():
+        print("| - | clip_score | %.1f | %.1f |" % tuple(pairwise(clip.score(h_images, prompts)
+                                                                 .cpu().numpy())))
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name, lam in (("reward_no_pc", 0.0), ("reward", cfg.lam)):
             model = train_reward.train_reward_model(clip, rows, images,
                                                     dataclasses.replace(cfg, seed=seed), lam, device)
-            m = train_reward.measure(model.score(h_images, [r["prompt"] for r in h_rows]).numpy(),
-                                     h_rows)
-            acc = [100 * m[s]["pairwise_accuracy"] for s in ("seen", "unseen")]
-            results[name].append(acc)
-            print(f"| {seed} | {name} | {acc[0]:.1f} | {acc[1]:.1f} |", flush=True)
-    for name, accs in results.items():
-        a = np.array(accs)
+            scores[name].append(model.score(h_images, prompts).numpy())
+            print("| %d | %s | %.1f | %.1f |" % (seed, name, *pairwise(scores[name][-1])), flush=True)
+    for name, per_seed in scores.items():
+        a = np.array([pairwise(s) for s in per_seed])  # (seeds, 2)
         print(f"| mean (min-max) | {name} | {a[:, 0].mean():.1f} ({a[:, 0].min():.1f}-"
               f"{a[:, 0].max():.1f}) | {a[:, 1].mean():.1f} ({a[:, 1].min():.1f}-{a[:, 1].max():.1f}) |")
+        print("| ensemble of %d | %s | %.1f | %.1f |" % (len(per_seed), name,
+                                                        *pairwise(np.mean(per_seed, 0))))
 
 
 if __name__ == "__main__":
