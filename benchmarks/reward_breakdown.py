@@ -6,7 +6,8 @@ The pairwise accuracy of train_reward.py pools every pair of one prompt's good a
 so the groups with many such pairs (count prompts: 9 prompts of ~22 images, half good) dominate
 it and a group the reward cannot rank hides inside the mean. This prints it per (split,
 category, number asked for) with the number of pairs, and the most common ways the bad
-images of each count group failed (the judge's reasons), to see *what* the reward misses.
+images of each count group failed (the judge's reasons), to see *what* the reward misses. It
+also prints how many rewards saturate at exactly 1.0 (ties) and the ranking by the logit.
 """
 import argparse
 import collections
@@ -61,8 +62,8 @@ def main():
               + " | ".join("-" if np.isnan(a) else f"{100 * a:.1f}" for a in accs) + " |")
     print("\nsaturation: a sigmoid above ~16.6 rounds to exactly 1.0 in float32, and pairwise "
           "accuracy counts ties as half a pair")
+    split = np.array([r["split"] for r in rows])
     for name in scores:
-        split = np.array([r["split"] for r in rows])
         by_logit = [pairwise_accuracy(logits[name][split == s], y[split == s],
                                       np.array(prompts)[split == s]) for s in ("seen", "unseen")]
         print(f"  {name}: {(scores[name] == 1.0).mean():.1%} of the rewards are exactly 1.0; "
