@@ -47,10 +47,10 @@ def main():
     scores, logits = {}, {}
     for name in ("reward_no_pc", "reward"):
         model = load_reward(args.reward_dir, "cpu", name)
-        scores[name] = model.score(images, prompts).numpy()
-        with torch.no_grad():
-            logits[name] = model.logit(model.image_features(to_model_space(images)),
-                                       model.text_features(encode(prompts))).numpy()
+        with torch.no_grad():  # (N,) each; the reward is the sigmoid of the logit
+            logit = model.logit(model.image_features(to_model_space(images)),
+                                model.text_features(encode(prompts)))
+        logits[name], scores[name] = logit.numpy(), torch.sigmoid(logit).numpy()
     print("| group | images | good | pairs | " + " | ".join(scores) + " |")
     print("|---|---|---|---|" + "---|" * len(scores))
     for g in sorted(set(groups)):
