@@ -18,31 +18,27 @@ import dataclasses
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
+from tiny_rlhf_t2i import seeds
 from tiny_rlhf_t2i.clip import ClipConfig, Clip, train_clip
-from tiny_rlhf_t2i.config import config_dict, parse_config
-from tiny_rlhf_t2i.diffusion import to_model_space
-from tiny_rlhf_t2i.evaluate import pairwise_accuracy, roc_auc
+from tiny_rlhf_t2i.config import parse_config, require
 from tiny_rlhf_t2i.feedback import (collect, feedback_records, label_summary, load_labeled,
                                     save_gallery)
-from tiny_rlhf_t2i.files import load_checkpoint, pick_device, save_checkpoint, write_metrics
-from tiny_rlhf_t2i.losses import reward_loss
-from tiny_rlhf_t2i.reward import RewardModel, augment_prompts
-from tiny_rlhf_t2i.text import encode
+from tiny_rlhf_t2i.files import (check_writable, load_checkpoint, pick_device, save_checkpoint,
+                                 write_metrics)
+from tiny_rlhf_t2i.reward import RewardTrainConfig, measure, train_reward_model
 from tiny_rlhf_t2i.unet import load_model
 from tiny_rlhf_t2i.world import CaptionNoise
 
 
 @dataclasses.dataclass
-class RewardConfig:
+class RewardConfig(RewardTrainConfig):
     """Stages 1-2: collect feedback, train CLIP and the reward model."""
+    preset: str = "cpu"  # the named preset these values started from (--preset)
     unet_dir: str = "runs/unet"  # stage 0 run folder (its ckpt.pt samples the feedback)
     out_dir: str = "runs/reward"  # run folder: reward.pt, clip.pt, metrics.json, summary.md
     feedback_dir: str = "data/feedback"  # where the feedback sets (images + labels) go
-    seed: int = 0  # seeds sampling, label flips and training
     per_category: int = 1000  # labeled feedback images per prompt category (paper: 27K in all)
     heldout_per_category: int = 200  # held-out images per category and split (seen, unseen)
     flip_rate: float = 0.05  # probability a judge label is flipped (people disagree)
@@ -53,15 +49,20 @@ class RewardConfig:
     clip_steps: int = 1500  # CLIP training steps on the web corpus
     clip_batch: int = 256  # CLIP batch size (in-batch negatives)
     clip_lr: float = 2e-3  # CLIP peak learning rate
-    reward_steps: int = 1500  # reward-model training steps
-    reward_batch: int = 128  # reward-model batch size
-    reward_lr: float = 1e-3  # reward-model learning rate
-    train_image_encoder: bool = False  # let the reward's image encoder adapt (paper: frozen)
-    lam: float = 0.5  # lambda: weight of the prompt-classification loss (Eq. 1, paper 0.5)
-    temperature: float = 2.0  # T of softmax(r / T) in prompt classification (paper 2)
-    n_prompts: int = 5  # N: the true prompt and N-1 one-attribute-changed prompts
     device: str = "auto"  # auto, cpu or cuda
     threads: int = 0  # torch CPU threads (0: torch's default)
+
+    def __post_init__(self):
+        RewardTrainConfig.__post_init__(self)
+        require(self.labeler in ("judge", "human"), f"--labeler must be judge or human, not "
+                f"{self.labeler!r}")
+        require(0 <= self.flip_rate <= 1, f"--flip_rate must be in [0, 1], not {self.flip_rate}")
+        require(self.per_category > 0 and self.heldout_per_category > 0,
+                "--per_category and --heldout_per_category must be >= 1")
+        require(self.clip_steps > 0 and self.clip_batch > 1 and self.clip_lr > 0,
+                "--clip_steps must be >= 1, --clip_batch >= 2 and --clip_lr > 0")
+        require(self.num_inference_steps > 0, "--num_inference_steps must be >= 1")
+        require(self.threads >= 0, f"--threads must be >= 0, not {self.threads}")
 
 
 PRESETS = {
@@ -75,71 +76,23 @@ PRESETS = {
 }
 
 
-def train_reward_model(clip: Clip, rows, images, cfg: RewardConfig, lam: float, device):
-    """Eq. 1 on the labeled feedback: MSE to the label + lam * prompt classification."""
-    torch.manual_seed(cfg.seed)
-    model = RewardModel(clip, train_image_encoder=cfg.train_image_encoder).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.reward_lr, weight_decay=0.01)
-    x_all = to_model_space(images)  # (N, 3, H, W)
-    ids_all = encode([r["prompt"] for r in rows])  # (N, L)
-    y_all = torch.tensor([r["label"] for r in rows])  # (N,)
-    for step in tqdm(range(cfg.reward_steps), desc=f"reward (lambda={lam})", dynamic_ncols=True):
-        rng = np.random.default_rng([cfg.seed, 11, step])
-        idx = torch.from_numpy(rng.integers(0, len(rows), cfg.reward_batch))
-        x = x_all[idx].to(device)
-        if rng.random() < 0.5:  # horizontal flip keeps every attribute a prompt can name
-            x = x.flip(-1)
-        for g in opt.param_groups:
-            g["lr"] = cfg.reward_lr * 0.5 * (1 + np.cos(np.pi * step / cfg.reward_steps))
-        img = model.image_features(x)  # (B, E)
-        pred = model.head(img, model.text_features(ids_all[idx].to(device)))  # (B,)
-        aug = None
-        good = [int(i) for i in idx if y_all[i] == 1]
-        if lam > 0 and good:
-            cands = [p for i in good for p in [rows[i]["prompt"]]
-                     + augment_prompts(rows[i]["prompt"], cfg.n_prompts - 1, rng)]
-            txt = model.text_features(encode(cands).to(device))  # (G * N, E)
-            img_good = img[(y_all[idx] == 1).to(device)].repeat_interleave(cfg.n_prompts, 0)
-            aug = model.head(img_good, txt).view(len(good), cfg.n_prompts)  # (G, N)
-        loss = reward_loss(pred, y_all[idx].to(device), aug, lam, cfg.temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-def measure(scores, rows) -> dict:
-    """Pairwise accuracy, accuracy at 0.5 and ROC-AUC of one scorer, per split."""
-    out = {}
-    for split in ("seen", "unseen"):
-        m = np.array([r["split"] == split for r in rows])
-        s, y = np.asarray(scores)[m], np.array([r["label"] for r in rows])[m]
-        p = np.array([r["prompt"] for r in rows])[m]
-        out[split] = {"pairwise_accuracy": pairwise_accuracy(s, y, p),
-                      "accuracy": float(((s > 0.5) == (y == 1)).mean()),
-                      "roc_auc": roc_auc(s, y)}
-    return out
-
-
 def main(argv=None):
     cfg = parse_config(RewardConfig, PRESETS, argv)
-    if cfg.labeler not in ("judge", "human"):
-        raise SystemExit(f"error: --labeler must be judge or human, not {cfg.labeler!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    out, fb = Path(cfg.out_dir), Path(cfg.feedback_dir)
+    out, fb = check_writable(cfg.out_dir), Path(cfg.feedback_dir)
     t0 = time.time()
 
     # ---- Stage 1: feedback on the pretrained model's samples (resumes if interrupted).
-    unet = load_model(Path(cfg.unet_dir) / "ckpt.pt",
-                      f"python train_unet.py --preset {cfg.preset}").to(device)
+    unet, _ = load_model(Path(cfg.unet_dir) / "ckpt.pt",
+                         f"python train_unet.py --preset {cfg.preset}")
+    unet = unet.to(device)
     sampling = dict(num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
     collect(unet, fb / "train", feedback_records("seen", cfg.per_category, cfg.seed),
             flip_rate=cfg.flip_rate, labeler=cfg.labeler, **sampling)
-    heldout = (feedback_records("seen", cfg.heldout_per_category, cfg.seed + 1)
-               + feedback_records("unseen", cfg.heldout_per_category, cfg.seed + 1))
+    heldout = [r for split in ("seen", "unseen") for r in
+               feedback_records(split, cfg.heldout_per_category, cfg.seed + seeds.HELDOUT)]
     collect(unet, fb / "heldout", heldout, flip_rate=0.0, **sampling)  # gold labels, to measure
     if cfg.labeler == "human":
         from tiny_rlhf_t2i import label
@@ -161,7 +114,7 @@ def main(argv=None):
         clip = clip.to(device).eval()
     else:
         clip = train_clip(clip_cfg, CaptionNoise(), cfg.clip_steps, cfg.clip_batch, cfg.clip_lr,
-                          cfg.seed, device)
+                          cfg.seed, device)  # the web's captions, as CLIP learned from LAION's
         save_checkpoint(out / "clip.pt", {"model": clip.state_dict(),
                                           "clip_config": dataclasses.asdict(clip_cfg)})
 
@@ -171,7 +124,7 @@ def main(argv=None):
         model = train_reward_model(clip, rows, images, cfg, lam, device)
         save_checkpoint(out / f"{name}.pt", {"model": model.state_dict(), "lam": lam,
                                              "clip_config": dataclasses.asdict(clip_cfg),
-                                             "config": config_dict(cfg)})
+                                             "config": dataclasses.asdict(cfg)})
         scorers[name] = model.score(h_images, [r["prompt"] for r in h_rows])
 
     # ---- Measurement on held-out feedback (gold labels), seen and unseen prompts.
@@ -184,7 +137,7 @@ def main(argv=None):
         **{k: {name: {split: results[name][split][k] for split in ("seen", "unseen")}
                for name in results} for k in ("pairwise_accuracy", "accuracy", "roc_auc")},
         "seconds": round(time.time() - t0), "sampling_seconds": round(sample_s),
-        "config": config_dict(cfg)}
+        "config": dataclasses.asdict(cfg)}
     lf = metrics["label_fraction_good"]
     table = "| scorer | pairwise acc. seen | unseen | acc@0.5 seen | unseen | ROC-AUC seen | unseen |\n"
     table += "|---|---|---|---|---|---|---|\n"

@@ -19,15 +19,16 @@ from tiny_rlhf_t2i.evaluate import eval_records, generate, score  # noqa: E402
 from tiny_rlhf_t2i.unet import load_model  # noqa: E402
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpts", nargs="+", type=Path, help="checkpoints (ckpt.pt) to compare")
     parser.add_argument("--samples_per_prompt", type=int, default=16)
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps (the evaluation's)")
+    args = parser.parse_args(argv)
     records = [r for r in eval_records(args.samples_per_prompt) if r["category"] == "count"]
     for path in args.ckpts:
-        model = load_model(path).to(memory_format=torch.channels_last)  # as finetune.py samples
-        _, goods, reasons = score(generate(model, records, 25, 3.0), records)
+        model = load_model(path)[0].to(memory_format=torch.channels_last)  # as finetune.py samples
+        _, goods, reasons = score(generate(model, records, args.steps, 3.0), records)
         tally = collections.defaultdict(lambda: [0, 0, 0])  # number -> [good, asked, blob]
         failures = collections.Counter()
         for r, good, reason in zip(records, goods, reasons):

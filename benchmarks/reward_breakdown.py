@@ -19,11 +19,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from finetune import load_reward  # noqa: E402
-from tiny_rlhf_t2i.diffusion import to_model_space  # noqa: E402
 from tiny_rlhf_t2i.evaluate import pairwise_accuracy  # noqa: E402
 from tiny_rlhf_t2i.feedback import load_labeled  # noqa: E402
-from tiny_rlhf_t2i.text import encode  # noqa: E402
+from tiny_rlhf_t2i.reward import load_reward  # noqa: E402
 from tiny_rlhf_t2i.world import PALETTE, SHAPES, parse  # noqa: E402
 
 
@@ -35,21 +33,19 @@ def failure_kind(reason: str) -> str:
     return re.sub(r"\b(" + "|".join(SHAPES) + r")s?\b", "S", found)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reward_dir", type=Path, default=Path("runs/reward"))
     parser.add_argument("--heldout", type=Path, default=Path("data/feedback/heldout"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows, images = load_labeled(args.heldout, "python train_reward.py")
     prompts = [r["prompt"] for r in rows]
     y = np.array([r["label"] for r in rows])
     groups = np.array([f"{r['split']}/{r['category']}/{parse(r['prompt']).count}" for r in rows])
     scores, logits = {}, {}
     for name in ("reward_no_pc", "reward"):
-        model = load_reward(args.reward_dir, "cpu", name)
-        with torch.no_grad():  # (N,) each; the reward is the sigmoid of the logit
-            logit = model.logit(model.image_features(to_model_space(images)),
-                                model.text_features(encode(prompts)))
+        model = load_reward(args.reward_dir, "python train_reward.py", name)
+        logit = model.score(images, prompts, logit=True)  # (N,); the reward is its sigmoid
         logits[name], scores[name] = logit.numpy(), torch.sigmoid(logit).numpy()
     print("| group | images | good | pairs | " + " | ".join(scores) + " |")
     print("|---|---|---|---|" + "---|" * len(scores))

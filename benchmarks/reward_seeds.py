@@ -3,7 +3,7 @@
     python benchmarks/reward_seeds.py --seeds 0,1,2                     # ~7 min on 2 cores
     python benchmarks/reward_seeds.py --seeds 0,1,2 --clip_steps 3000   # a longer-trained CLIP
 
-Retrains only the reward models of train_reward.py (its cpu-preset config, one seed at a time)
+Retrains only the reward models of train_reward.py (its default settings, one seed at a time)
 on the same feedback set and the same CLIP (runs/reward/clip.pt), and measures each on the
 held-out set. Seed 0 is the train_reward.py run itself, so its row equals runs/reward/metrics.json.
 A difference between the two rewards smaller than the spread across seeds is not a finding.
@@ -20,37 +20,38 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-import train_reward  # noqa: E402
 from tiny_rlhf_t2i.clip import Clip, ClipConfig, train_clip  # noqa: E402
-from tiny_rlhf_t2i.config import parse_config  # noqa: E402
 from tiny_rlhf_t2i.feedback import load_labeled  # noqa: E402
 from tiny_rlhf_t2i.files import load_checkpoint, pick_device  # noqa: E402
+from tiny_rlhf_t2i.reward import RewardTrainConfig, measure, train_reward_model  # noqa: E402
 from tiny_rlhf_t2i.world import CaptionNoise  # noqa: E402
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated reward seeds")
     parser.add_argument("--reward_dir", type=Path, default=Path("runs/reward"))
     parser.add_argument("--feedback_dir", type=Path, default=Path("data/feedback"))
     parser.add_argument("--clip_steps", type=int, default=0,
                         help="train a fresh CLIP for this many steps (0: load reward_dir/clip.pt)")
-    args = parser.parse_args()
+    parser.add_argument("--reward_steps", type=int, default=RewardTrainConfig.reward_steps)
+    args = parser.parse_args(argv)
     made_by = "python train_reward.py"
-    cfg = parse_config(train_reward.RewardConfig, train_reward.PRESETS, [])
-    device = pick_device(cfg.device)
+    cfg = RewardTrainConfig(reward_steps=args.reward_steps)
+    clip_batch, clip_lr = 256, 2e-3  # train_reward.py's CLIP recipe
+    device = pick_device("auto")
     rows, images = load_labeled(args.feedback_dir / "train", made_by)
     h_rows, h_images = load_labeled(args.feedback_dir / "heldout", made_by)
     prompts = [r["prompt"] for r in h_rows]
     if args.clip_steps:
         clip = train_clip(ClipConfig(resolution=images.shape[1]), CaptionNoise(), args.clip_steps,
-                          cfg.clip_batch, cfg.clip_lr, cfg.seed, device)
+                          clip_batch, clip_lr, cfg.seed, device)
     else:
         clip = Clip(ClipConfig(resolution=images.shape[1]))
         clip.load_state_dict(load_checkpoint(args.reward_dir / "clip.pt", made_by)["model"])
         clip = clip.to(device).eval()
     pairwise = lambda score: [100 * m["pairwise_accuracy"]
-                              for m in train_reward.measure(score, h_rows).values()]  # seen, unseen
+                              for m in measure(score, h_rows).values()]  # seen, unseen
     scores = {"reward_no_pc": [], "reward": []}  # per scorer, one (N,) array per seed
     print("| seed | scorer | pairwise seen | unseen |\n|---|---|---|---|")
     with torch.no_grad():
@@ -58,8 +59,8 @@ def main():
                                                                  .cpu().numpy())))
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name, lam in (("reward_no_pc", 0.0), ("reward", cfg.lam)):
-            model = train_reward.train_reward_model(clip, rows, images,
-                                                    dataclasses.replace(cfg, seed=seed), lam, device)
+            model = train_reward_model(clip, rows, images, dataclasses.replace(cfg, seed=seed),
+                                       lam, device)
             scores[name].append(model.score(h_images, prompts).numpy())
             print("| %d | %s | %.1f | %.1f |" % (seed, name, *pairwise(scores[name][-1])), flush=True)
     for name, per_seed in scores.items():

@@ -5,9 +5,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tiny_rlhf_t2i.diffusion import Scheduler, denoising_loss, guided_eps, sample
+from tiny_rlhf_t2i.diffusion import Scheduler, guided_eps, sample
 from tiny_rlhf_t2i.files import load_checkpoint, save_checkpoint
+from tiny_rlhf_t2i.losses import weighted_mse
 from tiny_rlhf_t2i.text import encode
+from tiny_rlhf_t2i.train_loop import Batch, step_loss
 from tiny_rlhf_t2i.unet import ModelConfig, TextToImage
 
 TINY = ModelConfig(channels=16, text_dim=32, channel_mults="1,2")
@@ -90,12 +92,28 @@ def test_small_model_overfits_one_batch():
     losses = []
     for step in range(120):
         gen = torch.Generator().manual_seed(0)  # the same t and noise every step: one batch
-        loss = denoising_loss(model, s, x0, ids, gen).mean()
+        loss = step_loss(model, s, Batch(x0, ids, torch.ones(4)), gen, weighted_mse)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0]
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_a_sample_does_not_depend_on_its_batch(eta):
+    """Same (prompt, seed) -> same image, alone or in a batch, at any position (eta > 0 too:
+    its per-step noise comes from the sample's own generator)."""
+    torch.manual_seed(0)
+    model = TextToImage(TINY)
+    prompts, sample_seeds = ["a red circle", "two squares", "a circle"], [5, 6, 7]
+    together = sample(model, prompts, sample_seeds, num_inference_steps=4, eta=eta)
+    for i in range(3):
+        alone = sample(model, prompts[i:i + 1], sample_seeds[i:i + 1], num_inference_steps=4,
+                       eta=eta)
+        assert torch.equal(alone[0], together[i])
+    split = sample(model, prompts, sample_seeds, num_inference_steps=4, eta=eta, batch_size=2)
+    assert torch.equal(split, together)
 
 
 def test_checkpoint_round_trip_and_clear_errors(tmp_path):

@@ -14,16 +14,17 @@ from tiny_rlhf_t2i.unet import load_model
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     def run(out, **kw):
         cfg = parse_config(train_unet.TrainConfig, train_unet.PRESETS,
-                           ["--preset", "smoke", "--out_dir", str(out), "--steps", "8"]
+                           ["--preset", "smoke", "--out_dir", str(out)]
                            + [f"--{k}={v}" for k, v in kw.items()])
-        train_unet.train(cfg)
-        return torch.load(out / "ckpt.pt", weights_only=False)
+        train_unet.pretrain(cfg)
+        return torch.load(out / "ckpt.pt", weights_only=True)
 
-    straight = run(tmp_path / "a")
-    run(tmp_path / "b", stop_after=4)  # interrupted after 4 steps, with a checkpoint
-    assert torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)["step"] == 4
-    resumed = run(tmp_path / "b", resume="true")
-    assert resumed["step"] == straight["step"] == 8
+    straight = run(tmp_path / "a", steps=60)  # 60: the curve has a point at 50 and at the end
+    run(tmp_path / "b", steps=60, stop_after=30)  # interrupted, with a checkpoint
+    assert torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)["step"] == 30
+    resumed = run(tmp_path / "b", steps=60, resume="true")
+    assert resumed["step"] == straight["step"] == 60
+    assert resumed["loss_curve"] == straight["loss_curve"] and len(straight["loss_curve"]) == 2
     for key in ("model", "ema"):
         for name, value in straight[key].items():
             assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
@@ -35,31 +36,27 @@ def test_missing_checkpoint_names_the_command(tmp_path):
                            "--out_dir", str(tmp_path / "r"), "--feedback_dir", str(tmp_path / "f")])
 
 
-def test_smoke_pipeline_end_to_end(tmp_path):
-    unet, reward, fb, ft = (str(tmp_path / n) for n in ("unet", "reward", "feedback", "finetune"))
-    train_unet.main(["--preset", "smoke", "--out_dir", unet])
+def test_smoke_pipeline_end_to_end(smoke_run):
+    tmp_path = smoke_run
     m0 = json.loads((tmp_path / "unet" / "metrics.json").read_text())
     for key in ("overall", "count", "color", "background", "combination", "seen", "unseen"):
         assert 0 <= m0["alignment"][key]["mean"] <= 1
     assert "well_formed" in m0 and (tmp_path / "unet" / "samples.png").exists()
     # Stage 3's D_pre is read from the checkpoint: the smoke corpus, not the cpu preset's.
-    pre = load_model(tmp_path / "unet" / "ckpt.pt").train_config
+    _, pre = load_model(tmp_path / "unet" / "ckpt.pt")
     assert pre["corpus_size"] == 2000 and pre["p_undercount"] == 0.7
 
-    train_reward.main(["--preset", "smoke", "--unet_dir", unet, "--out_dir", reward,
-                       "--feedback_dir", fb])
     m1 = json.loads((tmp_path / "reward" / "metrics.json").read_text())
     assert set(m1["pairwise_accuracy"]) == {"clip_score", "reward_no_pc", "reward"}
     assert set(m1["pairwise_accuracy"]["reward"]) == {"seen", "unseen"}
     labels = (tmp_path / "feedback" / "train" / "labels.jsonl").read_text().splitlines()
     assert len(labels) == 4 * 16 and len({json.loads(r)["id"] for r in labels}) == 64
 
-    finetune.main(["--preset", "smoke", "--unet_dir", unet, "--reward_dir", reward,
-                   "--feedback_dir", fb, "--out_dir", ft])
     m3 = json.loads((tmp_path / "finetune" / "metrics.json").read_text())
     for model in ("before", "after", "control"):
         assert {"alignment", "well_formed", "fd"} <= set(m3[model])
         assert {"overall", "count", "seen", "unseen"} <= set(m3[model]["alignment"])
     assert set(m3["win_rate"]) >= {"win", "tie", "loss"}
-    assert (tmp_path / "finetune" / "report.md").exists()
-    assert (tmp_path / "finetune" / "before_after.png").exists()
+    for name in ("summary.md", "before_after.png", "alignment.png", "feedback/loss_curve.json"):
+        assert (tmp_path / "finetune" / name).exists(), name
+    assert not (tmp_path / "finetune" / "report.md").exists()  # one report: summary.md

@@ -7,14 +7,15 @@ web captions it inherits their blind spots (counts), as CLIP inherits LAION's.
 """
 import dataclasses
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import seeds
 from .diffusion import to_model_space
 from .text import TextEncoder, encode
+from .train_loop import lr_at
 from .world import web_corpus_batch
 
 
@@ -81,11 +82,11 @@ def train_clip(cfg: ClipConfig, noise, steps: int, batch_size: int, lr: float, s
     clip = Clip(cfg).to(device)
     opt = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.01)
     for step in tqdm(range(steps), desc="CLIP", dynamic_ncols=True):
-        rng = np.random.default_rng([seed, 7, step])
+        rng = seeds.clip_batch(seed, step)
         images, captions = web_corpus_batch(rng.integers(0, 10 ** 7, batch_size), noise,
-                                            cfg.resolution, corpus_seed=seed + 1)
-        for g in opt.param_groups:  # cosine decay
-            g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
+                                            cfg.resolution, seeds.clip_corpus_seed(seed))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, lr, 0, steps)  # cosine decay, no warmup
         loss = contrastive_loss(clip, to_model_space(images).to(device), encode(captions).to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -6,7 +6,8 @@ Every script does
 
 A preset is a dict of overrides on the dataclass defaults; command-line flags override the preset.
 The help text of each flag is the one-line comment written beside the field in the dataclass, so
-the config class stays the single place that documents a setting.
+the config class stays the single place that documents a setting. A config checks its own values
+in `__post_init__` (with `require`); a bad value ends the script with one line, exit code 2.
 """
 import argparse
 import dataclasses
@@ -28,6 +29,16 @@ def _field_comments(cls) -> dict[str, str]:
     return comments
 
 
+class ConfigError(ValueError):
+    """A setting out of its valid range: the user's error, reported in one line."""
+
+
+def require(ok: bool, message: str) -> None:
+    """For `__post_init__`: refuse a bad setting with a message naming the flag and its range."""
+    if not ok:
+        raise ConfigError(message)
+
+
 def _parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -46,6 +57,8 @@ def parse_config(cls, presets: dict[str, dict], argv=None, description: str | No
                              "run, gpu: larger)")
     comments = _field_comments(cls)
     for f in dataclasses.fields(cls):
+        if f.name == "preset":  # a field, so that it is saved with the config; set above
+            continue
         typ = {bool: _parse_bool}.get(f.type, f.type)
         if typ not in (int, float, str, _parse_bool):
             raise TypeError(f"config field {f.name} has unsupported type {f.type}")
@@ -53,17 +66,11 @@ def parse_config(cls, presets: dict[str, dict], argv=None, description: str | No
                             type=typ, default=None, help=comments.get(f.name, ""))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     overrides = dict(presets[args.preset])
-    overrides.update({k: v for k, v in vars(args).items() if k != "preset" and v is not None})
+    overrides.update({k: v for k, v in vars(args).items() if v is not None})
     unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
     if unknown:  # a typo in a preset table is a bug, say so loudly
         raise ValueError(f"preset {args.preset!r} sets unknown fields {sorted(unknown)}")
-    cfg = cls(**overrides)
-    cfg.preset = args.preset
-    return cfg
-
-
-def config_dict(cfg) -> dict:
-    """The config as a JSON-able dict (written next to every run's metrics)."""
-    d = dataclasses.asdict(cfg)
-    d["preset"] = getattr(cfg, "preset", None)
-    return d
+    try:
+        return cls(**overrides)
+    except ConfigError as e:
+        parser.exit(2, f"error: {e}\n")

@@ -1,5 +1,6 @@
-"""Diffusion: the noise schedule, `add_noise`, the denoising loss, DDIM/DDPM sampling with
-classifier-free guidance, and the EMA of the weights. Names follow diffusers' schedulers.
+"""Diffusion: the noise schedule, `add_noise`, DDIM/DDPM sampling with classifier-free
+guidance, and the EMA of the weights. Names follow diffusers' schedulers. The training loss is
+in losses.py (Eq. 2) and train_loop.py (`step_loss`).
 
 Notation (Ho et al. 2020): alphas_cumprod[t] = abar_t, x_t = sqrt(abar_t) x_0 + sqrt(1-abar_t) eps.
 """
@@ -8,6 +9,7 @@ import math
 
 import torch
 
+from . import seeds
 from .text import encode
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -36,9 +38,10 @@ class Scheduler:
         self.timesteps = torch.linspace(T - 1, 0, num_inference_steps).round().long()
 
     def step(self, model_output, timestep: int, prev_timestep: int, sample, eta: float = 0.0,
-             generator=None, clip_sample: bool = True):
+             noise=None, clip_sample: bool = True):
         """One DDIM update x_t -> x_prev (Song et al. 2021, Eq. 12). eta=0: deterministic DDIM;
-        eta=1 on every timestep: exactly the DDPM ancestral sampler (posterior variance beta~_t).
+        eta=1 on every timestep: exactly the DDPM ancestral sampler (posterior variance beta~_t),
+        with `noise` (shaped like sample) the fresh Gaussian noise of that step.
         Returns (prev_sample, pred_original_sample)."""
         abar_t = self.alphas_cumprod[timestep]
         abar_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else torch.tensor(1.0)
@@ -50,19 +53,8 @@ class Scheduler:
         direction = (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * model_output
         prev = abar_prev.sqrt() * x0 + direction
         if eta > 0:
-            noise = torch.randn(sample.shape, generator=generator, device=sample.device)
             prev = prev + sigma * noise
         return prev, x0
-
-
-def denoising_loss(model, scheduler: Scheduler, x0, ids, generator=None):
-    """Per-sample epsilon-prediction loss (B,): the usual stand-in for -log p_theta(x | z)
-    (Ho et al. 2020, Eq. 14), which Eq. 2 of Lee et al. weights by the reward."""
-    B = x0.shape[0]
-    t = torch.randint(0, scheduler.num_train_timesteps, (B,), generator=generator).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # (B, 3, H, W)
-    eps_hat = model(scheduler.add_noise(x0, noise, t), t, ids)
-    return (eps_hat.float() - noise).pow(2).flatten(1).mean(1)  # (B,)
 
 
 def guided_eps(model, x, t, ids, null_ids, guidance_scale: float):
@@ -74,17 +66,19 @@ def guided_eps(model, x, t, ids, null_ids, guidance_scale: float):
     return uncond + guidance_scale * (cond - uncond)
 
 
-def initial_noise(seeds, resolution: int) -> torch.Tensor:
-    """x_T (B, 3, H, W), one generator per seed: a sample's noise never depends on its batch."""
-    return torch.stack([torch.randn(3, resolution, resolution,
-                                    generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+def per_sample_noise(generators, shape) -> torch.Tensor:
+    """(B, *shape) noise on the CPU, row b from generators[b]: a sample's noise never depends on
+    its batch or device."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])
 
 
 @torch.no_grad()
-def sample(model, prompts: list[str], seeds: list[int], num_inference_steps: int = 25,
+def sample(model, prompts: list[str], sample_seeds: list[int], num_inference_steps: int = 25,
            guidance_scale: float = 3.0, eta: float = 0.0, batch_size: int = 256):
     """Text -> images in [-1, 1], (B, 3, H, W). eta=0 is DDIM; eta=1 with
     num_inference_steps=1000 is DDPM. Same (prompt, seed) -> same image, whatever the batch."""
+    if len(prompts) != len(sample_seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(sample_seeds)} seeds")
     model.eval()
     device = next(model.parameters()).device
     res = model.cfg.resolution
@@ -94,14 +88,17 @@ def sample(model, prompts: list[str], seeds: list[int], num_inference_steps: int
     for i in range(0, len(prompts), batch_size):
         ids = encode(prompts[i:i + batch_size]).to(device)
         null = encode([""] * len(ids)).to(device)
-        x = initial_noise(seeds[i:i + batch_size], res).to(device)
-        gen = torch.Generator().manual_seed(int(seeds[i]) + 1) if eta > 0 else None
+        batch_seeds = sample_seeds[i:i + batch_size]
+        x = per_sample_noise([seeds.initial_noise(s) for s in batch_seeds], (3, res, res))
+        x = x.to(device)  # x_T: (B, 3, H, W)
+        gens = [seeds.sampler_noise(s) for s in batch_seeds] if eta > 0 else None
         steps = scheduler.timesteps.tolist()
         for j, t in enumerate(steps):
             prev_t = steps[j + 1] if j + 1 < len(steps) else -1
             tt = torch.full((len(x),), t, device=device, dtype=torch.long)
             eps = guided_eps(model, x, tt, ids, null, guidance_scale)
-            x, _ = scheduler.step(eps, t, prev_t, x, eta=eta, generator=gen)
+            noise = per_sample_noise(gens, x.shape[1:]).to(device) if gens else None
+            x, _ = scheduler.step(eps, t, prev_t, x, eta=eta, noise=noise)
         out.append(x.clamp(-1, 1).cpu())
     return torch.cat(out)
 

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from . import seeds
 from .diffusion import sample, to_uint8
 from .judge import judge, well_formed
 from .world import CATEGORIES, load_eval_prompts, to_prompt
@@ -25,15 +26,14 @@ def proportion_ci(k: int, n: int) -> dict:
     return {"mean": p, "lo": center - half, "hi": center + half, "n": n}
 
 
-def eval_records(samples_per_prompt: int, seed: int = 1234) -> list[dict]:
+def eval_records(samples_per_prompt: int) -> list[dict]:
     """The evaluation records: prompt, category, split and the seed of each sample."""
     records = []
     for split in ("seen", "unseen"):
         for i, spec in enumerate(load_eval_prompts(split)):
             for k in range(samples_per_prompt):
                 records.append({"prompt": to_prompt(spec), "category": spec.category,
-                                "split": split, "seed": seed + 7919 * k + 101 * i
-                                + (0 if split == "seen" else 50_000)})
+                                "split": split, "seed": seeds.eval_seed(split, i, k)})
     return records
 
 
@@ -71,9 +71,9 @@ def score(images: np.ndarray, records: list[dict]) -> tuple[dict, list[bool], li
 
 
 def evaluate_model(model, samples_per_prompt: int, num_inference_steps: int,
-                   guidance_scale: float, seed: int = 1234):
+                   guidance_scale: float):
     """Sample the fixed evaluation prompts and judge them: (metrics, records, images, goods)."""
-    records = eval_records(samples_per_prompt, seed)
+    records = eval_records(samples_per_prompt)
     images = generate(model, records, num_inference_steps, guidance_scale)
     metrics, goods, reasons = score(images, records)
     for r, g, why in zip(records, goods, reasons):
@@ -99,9 +99,9 @@ def alignment_table(columns: dict[str, dict]) -> str:
 
 
 def sample_grid_rows(model, prompts: list[str], n_seeds: int, num_inference_steps: int,
-                     guidance_scale: float, seed: int = 99):
+                     guidance_scale: float):
     """Images for a grid: one row per prompt, n_seeds columns (fixed seeds)."""
-    records = [{"prompt": p, "seed": seed + j} for p in prompts for j in range(n_seeds)]
+    records = [{"prompt": p, "seed": seeds.GRID_SEED + j} for p in prompts for j in range(n_seeds)]
     images = generate(model, records, num_inference_steps, guidance_scale)
     return [list(images[i * n_seeds:(i + 1) * n_seeds]) for i in range(len(prompts))]
 

@@ -11,15 +11,16 @@ Both files are rewritten atomically after every chunk, so an interrupted collect
 from its last chunk without losing or duplicating an image. People can label the same folder
 in a browser: `python -m tiny_rlhf_t2i.label FOLDER`.
 """
-import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from . import seeds
 from .evaluate import generate
-from .files import atomic_write_text, save_grid
+from .files import read_jsonl, save_image, write_jsonl
 from .judge import judge
 from .world import CATEGORIES, prompt_set, to_prompt
 
@@ -38,29 +39,10 @@ def feedback_records(split: str, per_category: int, seed: int) -> list[dict]:
         for k in order:
             records.append({"prompt": to_prompt(specs[k]), "category": category, "split": split})
     for i, r in enumerate(records):
-        r["seed"] = int(seed * 1_000_000 + i)
+        r["seed"] = int(seed * seeds.FEEDBACK_STRIDE + i)
         r["id"] = f"{split[0]}{seed}_{i:06d}"
         r["image"] = f"images/{r['id']}.png"
     return records
-
-
-def read_jsonl(path: Path, made_by: str) -> list[dict]:
-    """Rows of a JSONL file; a malformed line is a one-line error naming the file and line."""
-    rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SystemExit(f"error: {path} line {n} is not valid JSON ({e.msg}); fix or delete "
-                             f"the line, or delete the file and run `{made_by}` again") from None
-        rows.append(row)
-    return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def collect(model, folder, records: list[dict], num_inference_steps: int,
@@ -71,9 +53,14 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     samples_path, labels_path = folder / "samples.jsonl", folder / "labels.jsonl"
-    samples = read_jsonl(samples_path, "train_reward.py") if samples_path.exists() else []
-    labels = read_jsonl(labels_path, "train_reward.py") if labels_path.exists() else []
+    samples = read_rows(samples_path, "train_reward.py") if samples_path.exists() else []
+    labels = read_rows(labels_path, "train_reward.py") if labels_path.exists() else []
     done = {r["id"]: r for r in samples}
+    extra = sorted(set(done) - {r["id"] for r in records})
+    if extra:  # another set (other seed or size) lives here: never mix two sets in one folder
+        raise SystemExit(f"error: {folder} holds images of another feedback set ({extra[0]}, "
+                         f"{len(extra)} in all); delete the folder or choose another "
+                         f"--feedback_dir")
     for r in records:  # resuming is only sound if the folder was made for these very records
         old = done.get(r["id"])
         if old is not None and (old["prompt"], old["seed"]) != (r["prompt"], r["seed"]):
@@ -92,7 +79,7 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
             sample_row = {**r, "judge_good": good, "judge_reason": reason}
             samples.append(sample_row)
             if labeler == "judge":
-                flip = np.random.default_rng(r["seed"]).random() < flip_rate
+                flip = seeds.label_flip(r["seed"]).random() < flip_rate
                 labels.append({**r, "label": int(good != flip),
                                "reason": reason + (" (label flipped)" if flip else ""),
                                "labeler": "judge"})
@@ -103,18 +90,32 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
     return labels
 
 
-def load_labeled(folder, made_by: str):
-    """The labeled images of a feedback folder: (rows, (N, H, W, 3) uint8 images)."""
+def read_rows(path, made_by: str, check=None) -> list[dict]:
+    """files.read_jsonl, with a bad line reported in one line that says how to recover."""
+    try:
+        return read_jsonl(path, check)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}; fix or delete the line, or delete the file and run "
+                         f"`{made_by}` again") from None
+
+
+def _check_label(row) -> str | None:
+    missing = [k for k in REQUIRED if k not in row]
+    if missing:
+        return f"missing {missing}"
+    if type(row["label"]) is not int or row["label"] not in (0, 1):  # json's true is not 1
+        return f"label must be 0 or 1, not {row['label']!r}"
+    return None
+
+
+def load_rows(folder, name: str, made_by: str) -> tuple[list[dict], np.ndarray]:
+    """The rows of folder/name (labels.jsonl: checked labels; samples.jsonl) and their images:
+    (rows, (N, H, W, 3) uint8)."""
     folder = Path(folder)
-    path = folder / "labels.jsonl"
+    path = folder / name
     if not path.exists():
         raise SystemExit(f"error: {path} does not exist; run `{made_by}` first")
-    rows = read_jsonl(path, made_by)
-    for n, row in enumerate(rows, start=1):
-        missing = [k for k in REQUIRED if k not in row]
-        if missing or row["label"] not in (0, 1):
-            raise SystemExit(f"error: {path} row {n} is malformed (missing {missing} or label "
-                             f"not 0/1); fix it or run `{made_by}` again")
+    rows = read_rows(path, made_by, _check_label if name == "labels.jsonl" else None)
     try:
         images = np.stack([np.asarray(Image.open(folder / r["image"]).convert("RGB"))
                            for r in rows]) if rows else np.zeros((0, 16, 16, 3), np.uint8)
@@ -122,6 +123,11 @@ def load_labeled(folder, made_by: str):
         raise SystemExit(f"error: an image of {folder} is missing or corrupt ({e}); "
                          f"run `{made_by}` again") from None
     return rows, images
+
+
+def load_labeled(folder, made_by: str) -> tuple[list[dict], np.ndarray]:
+    """The labeled images of a feedback folder: (rows, (N, H, W, 3) uint8 images)."""
+    return load_rows(folder, "labels.jsonl", made_by)
 
 
 def label_summary(rows: list[dict]) -> dict:
@@ -134,14 +140,26 @@ def label_summary(rows: list[dict]) -> dict:
     return out
 
 
-def save_gallery(rows: list[dict], images, path, per_row: int = 8) -> None:
-    """Good and bad examples of each category, one row each, for a person to look at."""
-    grid_rows, labels = [], []
+def save_gallery(rows: list[dict], images, path, per_row: int = 4, scale: int = 4) -> None:
+    """Good and bad examples of each category, each image captioned with its prompt and the
+    label's reason, so a person can see *why* an image is bad."""
+    font = ImageFont.load_default()
+    side = images.shape[1] * scale
+    cell_w, text_h = max(side, 200), 4 * 11  # four lines of the ~6x11 px default font
+    cells = []  # one row per (category, label)
     for c in CATEGORIES:
-        for lab, name in ((1, "good"), (0, "bad")):
-            idx = [i for i, r in enumerate(rows) if r["category"] == c and r["label"] == lab]
-            if idx:
-                grid_rows.append([images[i] for i in idx[:per_row]])
-                labels.append(f"{c}: {name}")
-    if grid_rows:
-        save_grid(grid_rows, labels, path)
+        for lab in (1, 0):
+            cells.append([i for i, r in enumerate(rows)
+                          if r["category"] == c and r["label"] == lab][:per_row])
+    grid = Image.new("RGB", (per_row * (cell_w + 4), len(cells) * (side + text_h + 6)), "white")
+    draw = ImageDraw.Draw(grid)
+    for y, row in enumerate(cells):
+        for x, i in enumerate(row):
+            left, top = x * (cell_w + 4), y * (side + text_h + 6)
+            grid.paste(Image.fromarray(images[i]).resize((side, side), Image.NEAREST), (left, top))
+            verdict = f"{rows[i]['category']}: {'good' if rows[i]['label'] else 'bad'}"
+            draw.text((left + side + 4, top + 2), verdict, fill="black", font=font)
+            text = textwrap.wrap(f"{rows[i]['prompt']}: {rows[i].get('reason', '')}",
+                                 cell_w // 6)[:4]
+            draw.multiline_text((left, top + side + 2), "\n".join(text), fill="black", font=font)
+    save_image(grid, path)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .diffusion import to_model_space
-from .files import save_checkpoint
+from .files import load_checkpoint, save_checkpoint
 from .world import BACKGROUNDS, COLORS, MAX_COUNT, SHAPES, Spec, render, sample_scene
 
 FEATURES = 64  # feature dimension
@@ -52,11 +52,12 @@ def _clean_batch(rng, n: int, resolution: int):
 def feature_net(resolution: int, cache_dir="runs/fd", steps: int = 600) -> FeatureNet:
     """The cached feature network for a resolution (trained on first use, ~1 min on a CPU)."""
     path = Path(cache_dir) / f"feature_net_{resolution}px_{steps}steps.pt"
+    torch.manual_seed(0)  # the same ruler whatever ran before it in the process
     net = FeatureNet()
     if path.exists():
-        net.load_state_dict(torch.load(path, map_location="cpu")["model"])
+        net.load_state_dict(load_checkpoint(path, "delete it; it is retrained on the next run")
+                            ["model"])
         return net.eval()
-    torch.manual_seed(0)
     rng = np.random.default_rng(0)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in tqdm(range(steps), desc="FD feature net", dynamic_ncols=True):
@@ -109,4 +110,4 @@ def diversity(feats: np.ndarray, records: list[dict]) -> float:
         if len(f) > 1:
             d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
             spreads.append(d.sum() / (len(f) * (len(f) - 1)))
-    return float(np.mean(spreads))
+    return float(np.mean(spreads)) if spreads else float("nan")  # one sample a prompt: no spread

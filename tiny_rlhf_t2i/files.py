@@ -38,15 +38,54 @@ def save_checkpoint(path, state: dict) -> Path:
 
 
 def load_checkpoint(path, made_by: str) -> dict:
-    """Load a checkpoint, or exit with one line naming the file and the command that makes it."""
+    """Load a checkpoint, or exit with one line naming the file and the command that makes it.
+    weights_only: a checkpoint holds tensors, numbers, strings, lists and dicts, nothing else,
+    so a shared file carrying a pickled program is refused instead of run."""
     path = Path(path)
     if not path.exists():
         raise SystemExit(f"error: {path} does not exist; run `{made_by}` first")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or not a checkpoint at all
         raise SystemExit(f"error: {path} is corrupt ({type(e).__name__}); delete it and run "
                          f"`{made_by}` again") from None
+
+
+def check_writable(folder) -> Path:
+    """Make the run folder and check that files can be written there, before any work is done
+    (not after an hour of training). Returns it as a Path."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write_test.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise SystemExit(f"error: cannot write to the run folder {folder} ({e.strerror}); "
+                         f"choose another --out_dir") from None
+    return folder
+
+
+def read_jsonl(path, check=None) -> list[dict]:
+    """Rows of a JSONL file. A line that is not JSON, or that check(row) finds a problem with
+    (check returns a message or None), raises ValueError naming the file and the line."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            problem = check(row) if check else None
+        except json.JSONDecodeError as e:
+            problem = f"not valid JSON ({e.msg})"
+        if problem:
+            raise ValueError(f"{path}, line {n}: {problem}")
+        rows.append(row)
+    return rows
+
+
+def write_jsonl(path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def write_metrics(out_dir, metrics: dict, summary_md: str) -> None:
@@ -70,10 +109,12 @@ def save_grid(rows: list[list[np.ndarray]], labels: list[str], path, scale: int 
         for j, img in enumerate(row):
             tile = Image.fromarray(img).resize((cell, cell), Image.NEAREST)
             grid.paste(tile, (label_w + j * (cell + pad), y))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, lambda f: grid.save(f, format="PNG"))
-    return path
+    return save_image(grid, path)
+
+
+def save_image(image: Image.Image, path) -> Path:
+    """A PNG, written atomically."""
+    return _atomic(path, lambda f: image.save(f, format="PNG"))
 
 
 def pick_device(name: str) -> torch.device:

@@ -9,7 +9,8 @@
    pixels are specks and are ignored (a careful person does not count a stray pixel).
 4. A blob is a *clean shape* when (a) at least CLEAN_COLOR of its pixels are one object color,
    (b) its size is that of one object (two touching objects are too big: merged), and
-   (c) its silhouette matches one shape (fill of its bounding box, where its mass sits, aspect).
+   (c) it is one piece even without its corner contacts (two shapes touching at a corner are
+   not), and (d) its silhouette matches one shape (fill of its bounding box, mass, aspect).
    Anything else is *malformed*: blurry, broken, half-drawn or merged shapes. A careful person
    cannot count those as the asked-for objects, so any malformed blob makes the image bad.
 5. The image is good iff the background is the one asked for (if named), there are no malformed
@@ -39,8 +40,9 @@ def quantize(image: np.ndarray) -> np.ndarray:
     return np.where(dist.min(-1) <= OFF_PALETTE, idx, -1)
 
 
-def connected_components(mask: np.ndarray) -> list[np.ndarray]:
-    """8-connected components of a boolean (H, W) mask, as arrays of (y, x) pixel coordinates."""
+def connected_components(mask: np.ndarray, diagonal: bool = True) -> list[np.ndarray]:
+    """Connected components of a boolean (H, W) mask (8-connected; 4-connected with
+    diagonal=False), as arrays of (y, x) pixel coordinates."""
     seen = np.zeros_like(mask, bool)
     h, w = mask.shape
     blobs = []
@@ -54,12 +56,22 @@ def connected_components(mask: np.ndarray) -> list[np.ndarray]:
             pixels.append((y, x))
             for dy in (-1, 0, 1):
                 for dx in (-1, 0, 1):
+                    if dy and dx and not diagonal:
+                        continue
                     ny, nx = y + dy, x + dx
                     if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
                         seen[ny, nx] = True
                         stack.append((ny, nx))
         blobs.append(np.array(pixels))
     return blobs
+
+
+def corner_joined(pixels: np.ndarray, shape: tuple, speck: float) -> bool:
+    """Whether a blob is two or more parts (each bigger than a speck) that touch only at
+    corners, such as two squares placed diagonally: one drawn shape never is."""
+    mask = np.zeros(shape, bool)
+    mask[pixels[:, 0], pixels[:, 1]] = True
+    return sum(len(p) > speck for p in connected_components(mask, diagonal=False)) > 1
 
 
 def classify_silhouette(pixels: np.ndarray) -> str | None:
@@ -112,7 +124,8 @@ def analyze(image: np.ndarray) -> dict:
         idx, n = np.unique(colors[colors >= 0], return_counts=True)
         dominant = PALETTE_NAMES[idx[n.argmax()]] if len(idx) else None
         clean_color = dominant in COLORS and n.max() >= CLEAN_COLOR * len(pixels)
-        shape = classify_silhouette(pixels) if lo <= len(pixels) <= hi else None
+        shape = (classify_silhouette(pixels) if lo <= len(pixels) <= hi
+                 and not corner_joined(pixels, q.shape, speck) else None)
         if clean_color and shape:
             shapes.append((dominant, shape))
         else:

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .files import atomic_write_text  # temp file + fsync + os.replace: a crash never leaves half a file
+from .files import atomic_write_text, read_jsonl  # temp file + fsync + os.replace: a crash never leaves half a file
 
 LOOPBACK = "127.0.0.1"
 MAX_BODY = 10 * 1024          # every valid post is a few dozen bytes
@@ -35,24 +35,6 @@ PAGE = Path(__file__).with_name("label_page.html")
 
 
 # ---------------------------------------------------------------- files
-
-def read_jsonl(path, check):
-    """Read a JSONL file; a bad line stops everything with its line number."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                problem = check(row)
-            except json.JSONDecodeError as e:
-                problem = f"not valid JSON ({e.msg})"
-            if problem:
-                raise ValueError(f"{path}, line {lineno}: {problem}")
-            rows.append(row)
-    return rows
-
 
 def check_sample(row):
     if not isinstance(row, dict):

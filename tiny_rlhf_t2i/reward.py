@@ -5,19 +5,31 @@ Architecture, as in the paper: CLIP image and text embeddings -> MLP -> scalar. 
 language model, and freezing keeps the reward's notion of words the one learned from the web.
 The image side is frozen too by default, as in the paper. `train_image_encoder` lets it adapt
 (our CLIP learned from captions that undercount, so one might hope the labels sharpen its
-features for 3 vs 4 objects); measured on held-out feedback it overfits the few thousand labels
-instead: pairwise accuracy 78.6% / 61.8% (seen / unseen) trained vs 84.9% / 68.8% frozen
-(both measured at commit 6a14ff2, before the augmentation named held-out shapes).
+features for 3 vs 4 objects); on held-out feedback it overfits the few thousand labels instead
+(docs/results.md).
+
+Training (Eq. 1, `train_reward_model`) and its measurement (`measure`) live here too, so that
+stage 2 and the benchmarks share them.
 """
 import copy
+import dataclasses
+import math
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
-from .clip import Clip
+from . import seeds
+from .clip import Clip, ClipConfig
+from .config import require
 from .diffusion import to_model_space
+from .evaluate import pairwise_accuracy, roc_auc
+from .files import load_checkpoint
+from .losses import reward_loss
 from .text import encode
+from .train_loop import lr_at
 from .world import ATTRIBUTES, perturb, parse, to_prompt
 
 
@@ -50,15 +62,101 @@ class RewardModel(nn.Module):
         return self.head(self.image_features(x), self.text_features(ids))
 
     @torch.no_grad()
-    def score(self, images_uint8, prompts: list[str], batch_size: int = 512) -> torch.Tensor:
-        """The reward of each (image, prompt) pair, (B,): a plain function for other stages."""
+    def score(self, images_uint8, prompts: list[str], logit: bool = False,
+              batch_size: int = 512) -> torch.Tensor:
+        """The reward of each (image, prompt) pair, (B,) (or its logit: a ranking without the
+        sigmoid's ties at 1.0): a plain function for other stages."""
         self.eval()
         device = next(self.mlp.parameters()).device
         out = []
         for i in range(0, len(prompts), batch_size):
             x = to_model_space(images_uint8[i:i + batch_size]).to(device)
-            out.append(self(x, encode(prompts[i:i + batch_size]).to(device)).cpu())
+            img = self.image_features(x)
+            txt = self.text_features(encode(prompts[i:i + batch_size]).to(device))
+            out.append((self.logit(img, txt) if logit else self.head(img, txt)).cpu())
         return torch.cat(out)
+
+
+def load_reward(reward_dir, made_by: str, name: str = "reward") -> RewardModel:
+    """A stage-2 reward model (name: reward, or reward_no_pc for the one without Eq. 1's PC)."""
+    path = Path(reward_dir) / f"{name}.pt"
+    state = load_checkpoint(path, made_by)
+    if "clip_config" not in state or "lam" not in state:
+        raise SystemExit(f"error: {path} is not a reward model (a {name}.pt of train_reward.py); "
+                         f"run `{made_by}` to make one")
+    model = RewardModel(Clip(ClipConfig(**state["clip_config"])))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+@dataclasses.dataclass
+class RewardTrainConfig:
+    """How the reward model is trained (Eq. 1); stage 2's config extends it."""
+    seed: int = 0  # seeds sampling, label flips and training
+    reward_steps: int = 1500  # reward-model training steps
+    reward_batch: int = 128  # reward-model batch size
+    reward_lr: float = 1e-3  # reward-model learning rate (cosine decay to 0)
+    train_image_encoder: bool = False  # let the reward's image encoder adapt (paper: frozen)
+    lam: float = 0.5  # lambda: weight of the prompt-classification loss (Eq. 1, paper 0.5)
+    temperature: float = 2.0  # T of softmax(r / T) in prompt classification (paper 2)
+    n_prompts: int = 5  # N: the true prompt and N-1 one-attribute-changed prompts
+
+    def __post_init__(self):
+        require(self.reward_steps > 0 and self.reward_batch > 0,
+                "--reward_steps and --reward_batch must be >= 1")
+        require(self.reward_lr > 0 and math.isfinite(self.reward_lr), f"--reward_lr must be > 0, "
+                f"not {self.reward_lr}")
+        require(self.lam >= 0, f"--lam must be >= 0, not {self.lam}")
+        require(self.temperature > 0, f"--temperature must be > 0, not {self.temperature}")
+        require(self.n_prompts >= 2, f"--n_prompts must be >= 2 (the true prompt and at least "
+                f"one wrong one), not {self.n_prompts}")
+
+
+def train_reward_model(clip: Clip, rows, images, cfg: RewardTrainConfig, lam: float, device):
+    """Eq. 1 on the labeled feedback: MSE to the label + lam * prompt classification."""
+    torch.manual_seed(cfg.seed)
+    model = RewardModel(clip, train_image_encoder=cfg.train_image_encoder).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.reward_lr, weight_decay=0.01)
+    x_all = to_model_space(images)  # (N, 3, H, W)
+    ids_all = encode([r["prompt"] for r in rows])  # (N, L)
+    y_all = torch.tensor([r["label"] for r in rows])  # (N,)
+    for step in tqdm(range(cfg.reward_steps), desc=f"reward (lambda={lam})", dynamic_ncols=True):
+        rng = seeds.reward_batch(cfg.seed, step)
+        idx = torch.from_numpy(rng.integers(0, len(rows), cfg.reward_batch))
+        x = x_all[idx].to(device)
+        if rng.random() < 0.5:  # horizontal flip keeps every attribute a prompt can name
+            x = x.flip(-1)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.reward_lr, 0, cfg.reward_steps)
+        img = model.image_features(x)  # (B, E)
+        pred = model.head(img, model.text_features(ids_all[idx].to(device)))  # (B,)
+        aug = None
+        good = [int(i) for i in idx if y_all[i] == 1]
+        if lam > 0 and good:
+            cands = [p for i in good for p in [rows[i]["prompt"]]
+                     + augment_prompts(rows[i]["prompt"], cfg.n_prompts - 1, rng)]
+            txt = model.text_features(encode(cands).to(device))  # (G * N, E)
+            img_good = img[(y_all[idx] == 1).to(device)].repeat_interleave(cfg.n_prompts, 0)
+            aug = model.head(img_good, txt).view(len(good), cfg.n_prompts)  # (G, N)
+        loss = reward_loss(pred, y_all[idx].to(device), aug, lam, cfg.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def measure(scores, rows) -> dict:
+    """Pairwise accuracy, accuracy at 0.5 and ROC-AUC of one scorer, per split, on gold labels."""
+    out = {}
+    for split in ("seen", "unseen"):
+        m = np.array([r["split"] == split for r in rows])
+        s, y = np.asarray(scores)[m], np.array([r["label"] for r in rows])[m]
+        p = np.array([r["prompt"] for r in rows])[m]
+        out[split] = {"pairwise_accuracy": pairwise_accuracy(s, y, p),
+                      "accuracy": float(((s > 0.5) == (y == 1)).mean()) if m.any() else None,
+                      "roc_auc": roc_auc(s, y)}
+    return out
 
 
 def augment_prompts(prompt: str, n_wrong: int, rng: np.random.Generator) -> list[str]:
@@ -66,7 +164,7 @@ def augment_prompts(prompt: str, n_wrong: int, rng: np.random.Generator) -> list
     exactly one of the attributes it names changed. A wrong prompt may name a held-out shape:
     held-out shapes then enter training only as text that a good image does *not* show, never
     as an image or a labeled prompt. With them left out, prompt classification hurt unseen
-    prompts instead of helping (held-out pairwise accuracy 68.8% vs 76.7%, README)."""
+    prompts instead of helping (docs/results.md)."""
     spec = parse(prompt)
     named = [a for a in ATTRIBUTES if getattr(spec, a) is not None]
     wrong, tries = [], 0

@@ -1,6 +1,6 @@
 """Play with a trained model: sample a prompt, write a grid and the single images, judge them.
 
-    python -m tiny_rlhf_t2i.sample --ckpt runs/unet/ckpt.pt "two red circles on a blue background" --n 16
+    python -m tiny_rlhf_t2i.sample --ckpt runs/unet/ckpt.pt "two red circles" --n 16
 """
 import argparse
 from pathlib import Path
@@ -28,12 +28,14 @@ def main(argv=None):
         encode([args.prompt])  # an unknown word fails here, before the checkpoint loads
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    model = load_model(args.ckpt)
+    if args.n < 1 or args.steps < 1:
+        ap.exit(2, "error: --n and --steps must be at least 1\n")
+    model, _ = load_model(args.ckpt)
     seeds = [args.seed + i for i in range(args.n)]
     images = to_uint8(sample(model, [args.prompt] * args.n, seeds, args.steps, args.guidance_scale))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = args.prompt.replace(" ", "_")
+    stem = args.prompt.replace(" ", "_")[:80]  # a file name has a length limit
     goods = 0
     for seed, image in zip(seeds, images):
         Image.fromarray(image).save(out / f"{stem}_{seed}.png")

@@ -7,7 +7,8 @@ Prints JSON: for each resolution, on N random clean renders,
   rejection.<attr> - how often it says "bad" once that one attribute of the full description is
                      changed, i.e. for a render of a different scene;
   renders_per_s    - renderer throughput (one image at a time, this machine).
-Every rate must be at least 99.5% (DESIGN.md, "The judge").
+Every rate must be at least 99.5%: the judge must be right on clean renders before it may
+judge a model.
 """
 import argparse
 import json

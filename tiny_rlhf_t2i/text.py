@@ -30,6 +30,9 @@ def encode(prompts: list[str]) -> torch.Tensor:
     return ids
 
 
+NULL_IDS = encode([""])[0]  # (MAX_LEN,) the null caption, for condition dropout
+
+
 class Attention(nn.Module):
     """Multi-head attention of queries x (B, N, dim) over a context (B, L, ctx_dim).
     key_mask (B, L) is True for real tokens; padding is never attended to."""

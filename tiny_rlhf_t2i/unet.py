@@ -13,7 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from .config import require
 from .text import Attention, TextEncoder
+from .world import RESOLUTIONS
 
 
 @dataclasses.dataclass
@@ -26,6 +28,17 @@ class ModelConfig:
     text_dim: int = 64  # text-encoder width
     text_layers: int = 2  # text-encoder transformer blocks
     heads: int = 4  # attention heads (text encoder and cross-attention)
+
+    def __post_init__(self):
+        levels = len(self.channel_mults.split(","))
+        require(self.resolution in RESOLUTIONS, f"--resolution must be one of {RESOLUTIONS}, "
+                f"not {self.resolution}")
+        require(self.resolution % 2 ** (levels - 1) == 0, f"--resolution {self.resolution} "
+                f"cannot be halved {levels - 1} times (--channel_mults {self.channel_mults})")
+        require(self.channels > 0 and self.channels % 8 == 0, f"--channels must be a positive "
+                f"multiple of 8 (GroupNorm's 8 groups), not {self.channels}")
+        require(self.text_dim > 0 and self.text_dim % self.heads == 0, f"--text_dim "
+                f"{self.text_dim} must be a positive multiple of --heads {self.heads}")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -124,13 +137,21 @@ class TextToImage(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def load_model(path, made_by: str = "python train_unet.py", weights: str = "ema") -> TextToImage:
-    """A trained model from a checkpoint (its EMA weights by default), with a one-line error
-    naming the command that makes the file when it is missing or corrupt. The training
-    config rides along as `model.train_config` (stage 3 reads its web corpus from it)."""
+def model_config(cfg) -> ModelConfig:
+    """The ModelConfig part of a larger config (stage 0's TrainConfig is one)."""
+    return ModelConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelConfig)})
+
+
+def load_model(path, made_by: str = "python train_unet.py",
+               weights: str = "ema") -> tuple[TextToImage, dict]:
+    """A trained model from a checkpoint (its EMA weights by default) and the stage-0 config it
+    carries (stage 3 reads its web corpus from it), with a one-line error naming the command
+    that makes the file when it is missing, corrupt or of another kind."""
     from .files import load_checkpoint
     state = load_checkpoint(path, made_by)
+    if "model_config" not in state:
+        raise SystemExit(f"error: {path} is not a text-to-image checkpoint (a ckpt.pt of "
+                         f"train_unet.py or finetune.py); run `{made_by}` to make one")
     model = TextToImage(ModelConfig(**state["model_config"]))
     model.load_state_dict(state[weights])
-    model.train_config = state.get("config", {})
-    return model.eval()
+    return model.eval(), state["config"]

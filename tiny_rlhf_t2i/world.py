@@ -336,7 +336,7 @@ PHRASINGS_BG = ("{np} on a {bg} background", "a photo of {np} on a {bg} backgrou
 
 
 def web_caption(scene: Scene, noise: CaptionNoise, rng: np.random.Generator) -> str:
-    """A noisy, web-like caption of a scene (DESIGN.md, "the web corpus").
+    """A noisy, web-like caption of a scene (README, "The world and the judge").
 
     Why *systematic* undercounting: classifier-free guidance sharpens the most likely image for a
     caption, so random count noise that leaves the true count most likely is fixed by guidance and

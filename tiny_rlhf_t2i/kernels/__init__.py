@@ -2,7 +2,8 @@
 
     loss = (1 / B) * sum_b w_b * mean_j (eps_hat[b, j] - eps[b, j])^2
 
-`weighted_mse_torch` is the plain PyTorch reference. `weighted_mse_cuda` computes the
+`weighted_mse_torch` is the plain PyTorch reference (losses.weighted_mse: the kernel depends
+on the core, never the other way round). `weighted_mse_cuda` computes the
 same thing with one fused forward kernel and one fused backward kernel
 (weighted_mse.cu), so the (B, C, H, W) difference and its square are never written
 to memory. The extension is compiled with torch.utils.cpp_extension.load on the
@@ -21,20 +22,12 @@ from pathlib import Path
 
 import torch
 
+from ..losses import weighted_mse as weighted_mse_torch
+
 BACKENDS = ("auto", "torch", "cuda")
 _SRC_DIR = Path(__file__).resolve().parent
 _ext = None  # the compiled extension module, once built
 _build_error = None  # one-line reason the build failed, once it has
-
-
-def weighted_mse_torch(eps_hat: torch.Tensor, eps: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Eq. 2 of Lee et al. 2023 in plain PyTorch; returns an fp32 scalar.
-
-    eps_hat, eps: (B, C, H, W) predicted and true noise, any float dtype.
-    w: (B,) per-sample weights >= 0 (the reward-derived weights of the paper).
-    """
-    per_sample = (eps_hat.float() - eps.float()).pow(2).flatten(1).mean(1)  # (B,)
-    return (w.float() * per_sample).sum() / eps_hat.shape[0]  # ()
 
 
 def _first_error_line(message: str) -> str:

@@ -1,0 +1,62 @@
+"""Every benchmark script runs at smoke size (a benchmark that no test runs breaks silently)."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_gpu_preset  # noqa: E402
+import bench_loss  # noqa: E402
+import count_breakdown  # noqa: E402
+import reward_breakdown  # noqa: E402
+import reward_seeds  # noqa: E402
+import train_unet  # noqa: E402
+
+
+def test_count_breakdown(smoke_run, capsys):
+    count_breakdown.main([str(smoke_run / "unet" / "ckpt.pt"),
+                          str(smoke_run / "finetune" / "feedback" / "ckpt.pt"),
+                          "--samples_per_prompt", "1", "--steps", "3"])
+    out = capsys.readouterr().out
+    assert out.count("(count ") == 2 and "bad with a malformed blob" in out
+
+
+def test_reward_breakdown(smoke_run, capsys):
+    reward_breakdown.main(["--reward_dir", str(smoke_run / "reward"),
+                           "--heldout", str(smoke_run / "feedback" / "heldout")])
+    out = capsys.readouterr().out
+    assert "| group | images | good | pairs | reward_no_pc | reward |" in out
+    assert "pairwise accuracy ranked by the logit" in out
+
+
+def test_reward_seeds(smoke_run, capsys):
+    reward_seeds.main(["--seeds", "0,1", "--reward_dir", str(smoke_run / "reward"),
+                       "--feedback_dir", str(smoke_run / "feedback"), "--reward_steps", "3"])
+    out = capsys.readouterr().out
+    assert "| - | clip_score |" in out and "| ensemble of 2 | reward |" in out
+
+
+def test_bench_gpu_preset_on_the_cpu(tmp_path):
+    out = tmp_path / "smoke.json"
+    bench_gpu_preset.main(["--out", str(out), "--device", "cpu", "--smoke", "--steps", "2",
+                           "--ft_steps", "3", "--sample_n", "4"])
+    result = json.loads(out.read_text())
+    assert set(result["speed"]) == {"fp32_eager", "bf16_channels_last"}
+    assert result["speed"]["fp32_eager"]["steps_per_s"] > 0
+    assert set(result["loss_curves"]) == {"torch", "torch_seed1"}
+
+
+def test_bench_gpu_preset_sizes_are_the_gpu_preset():
+    gpu = train_unet.PRESETS["gpu"]
+    assert {k: gpu[k] for k in bench_gpu_preset.GPU_PRESET} == bench_gpu_preset.GPU_PRESET
+
+
+def test_bench_loss_says_when_there_is_no_cuda(capsys, monkeypatch):
+    if bench_loss.torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the benchmark would run for real")
+    monkeypatch.setattr(sys, "argv", ["bench_loss.py"])
+    bench_loss.main()
+    assert "CUDA not available" in capsys.readouterr().out
