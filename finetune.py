@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from tiny_rlhf_t2i import seeds
-from tiny_rlhf_t2i.config import parse_config, require
+from tiny_rlhf_t2i.config import check_range, parse_config, require
 from tiny_rlhf_t2i.diffusion import to_model_space
 from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, alignment_table, eval_records, generate,
                                     sample_grid_rows, score, win_rate)
@@ -40,7 +40,7 @@ from tiny_rlhf_t2i.fidelity import (clean_references, diversity, feature_net, fe
                                     frechet_distance)
 from tiny_rlhf_t2i.files import (atomic_write_text, check_writable, pick_device, save_grid,
                                  write_metrics)
-from tiny_rlhf_t2i.kernels import resolve_loss_backend
+from tiny_rlhf_t2i.kernels import BACKENDS, resolve_loss_backend
 from tiny_rlhf_t2i.losses import balance_groups, eq2_weights
 from tiny_rlhf_t2i.plots import alignment_bars
 from tiny_rlhf_t2i.reward import load_reward
@@ -106,15 +106,11 @@ class FinetuneConfig(LoopConfig):
         LoopConfig.__post_init__(self)
         unknown = [r for r in self.runs.split(",") if r not in RUNS]
         require(not unknown, f"--runs: unknown run(s) {unknown}; valid runs: {', '.join(RUNS)}")
-        require(0 < self.model_fraction <= 1, f"--model_fraction must be in (0, 1], not "
-                f"{self.model_fraction}")
-        require(self.beta >= 0, f"--beta must be >= 0, not {self.beta}")
-        require(0 <= self.p_uncond < 1, f"--p_uncond must be in [0, 1), not {self.p_uncond}")
-        require(self.unlabeled_per_category >= 0 and self.best_of_n >= 1,
-                "--unlabeled_per_category must be >= 0 and --best_of_n >= 1")
-        require(self.eval_samples_per_prompt > 0 and self.num_inference_steps > 0,
-                "--eval_samples_per_prompt and --num_inference_steps must be >= 1")
-        require(self.threads >= 0, f"--threads must be >= 0, not {self.threads}")
+        require(self.loss_backend in BACKENDS, f"--loss_backend must be one of {BACKENDS}")
+        check_range(self, "model_fraction", 0, 1, open_lo=True)
+        check_range(self, "p_uncond", 0, 1, open_hi=True)
+        check_range(self, "beta unlabeled_per_category guidance_scale threads", 0)
+        check_range(self, "best_of_n eval_samples_per_prompt num_inference_steps fd_net_steps", 1)
 
 
 PRESETS = {

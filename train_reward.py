@@ -22,7 +22,7 @@ import torch
 
 from tiny_rlhf_t2i import seeds
 from tiny_rlhf_t2i.clip import ClipConfig, Clip, train_clip
-from tiny_rlhf_t2i.config import parse_config, require
+from tiny_rlhf_t2i.config import check_range, parse_config, require
 from tiny_rlhf_t2i.feedback import (collect, feedback_records, label_summary, load_labeled,
                                     save_gallery)
 from tiny_rlhf_t2i.files import (check_writable, load_checkpoint, pick_device, save_checkpoint,
@@ -56,13 +56,11 @@ class RewardConfig(RewardTrainConfig):
         RewardTrainConfig.__post_init__(self)
         require(self.labeler in ("judge", "human"), f"--labeler must be judge or human, not "
                 f"{self.labeler!r}")
-        require(0 <= self.flip_rate <= 1, f"--flip_rate must be in [0, 1], not {self.flip_rate}")
-        require(self.per_category > 0 and self.heldout_per_category > 0,
-                "--per_category and --heldout_per_category must be >= 1")
-        require(self.clip_steps > 0 and self.clip_batch > 1 and self.clip_lr > 0,
-                "--clip_steps must be >= 1, --clip_batch >= 2 and --clip_lr > 0")
-        require(self.num_inference_steps > 0, "--num_inference_steps must be >= 1")
-        require(self.threads >= 0, f"--threads must be >= 0, not {self.threads}")
+        check_range(self, "flip_rate", 0, 1)
+        check_range(self, "per_category heldout_per_category clip_steps num_inference_steps", 1)
+        check_range(self, "clip_batch", 2)  # in-batch negatives
+        check_range(self, "clip_lr", 0, 1, open_lo=True)
+        check_range(self, "guidance_scale threads", 0)
 
 
 PRESETS = {
@@ -76,15 +74,10 @@ PRESETS = {
 }
 
 
-def main(argv=None):
-    cfg = parse_config(RewardConfig, PRESETS, argv)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    out, fb = check_writable(cfg.out_dir), Path(cfg.feedback_dir)
-    t0 = time.time()
-
-    # ---- Stage 1: feedback on the pretrained model's samples (resumes if interrupted).
+def collect_feedback(cfg: RewardConfig, device):
+    """Stage 1: sample the pretrained model on feedback prompts and label the images (resumes
+    if interrupted). Returns the labeled training set and the gold-labeled held-out set."""
+    fb = Path(cfg.feedback_dir)
     unet, _ = load_model(Path(cfg.unet_dir) / "ckpt.pt",
                          f"python train_unet.py --preset {cfg.preset}")
     unet = unet.to(device)
@@ -102,30 +95,47 @@ def main(argv=None):
     rows, images = load_labeled(fb / "train", made_by)
     if len(rows) < 10:
         raise SystemExit(f"error: only {len(rows)} labeled images in {fb / 'train'}; label more")
-    h_rows, h_images = load_labeled(fb / "heldout", made_by)
+    return rows, images, *load_labeled(fb / "heldout", made_by)
+
+
+def clip_model(cfg: RewardConfig, out: Path, resolution: int, device) -> Clip:
+    """Our CLIP, trained on the web corpus as CLIP learned from LAION's captions (cached in
+    out/clip.pt: delete it to retrain)."""
+    clip_cfg = ClipConfig(resolution=resolution)
+    if (out / "clip.pt").exists():
+        clip = Clip(clip_cfg)
+        clip.load_state_dict(load_checkpoint(out / "clip.pt", "python train_reward.py")["model"])
+        return clip.to(device).eval()
+    clip = train_clip(clip_cfg, CaptionNoise(), cfg.clip_steps, cfg.clip_batch, cfg.clip_lr,
+                      cfg.seed, device)
+    save_checkpoint(out / "clip.pt", {"model": clip.state_dict(),
+                                      "clip_config": dataclasses.asdict(clip_cfg)})
+    return clip
+
+
+def main(argv=None):
+    cfg = parse_config(RewardConfig, PRESETS, argv)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    out = check_writable(cfg.out_dir)
+    t0 = time.time()
+
+    # ---- Stage 1: feedback on the pretrained model's samples.
+    rows, images, h_rows, h_images = collect_feedback(cfg, device)
     save_gallery(rows, images, out / "feedback_gallery.png")
     sample_s = time.time() - t0
 
-    # ---- Our CLIP, trained on the web corpus (cached: delete clip.pt to retrain).
-    clip_cfg = ClipConfig(resolution=images.shape[1])
-    if (out / "clip.pt").exists():
-        clip = Clip(clip_cfg)
-        clip.load_state_dict(load_checkpoint(out / "clip.pt", made_by)["model"])
-        clip = clip.to(device).eval()
-    else:
-        clip = train_clip(clip_cfg, CaptionNoise(), cfg.clip_steps, cfg.clip_batch, cfg.clip_lr,
-                          cfg.seed, device)  # the web's captions, as CLIP learned from LAION's
-        save_checkpoint(out / "clip.pt", {"model": clip.state_dict(),
-                                          "clip_config": dataclasses.asdict(clip_cfg)})
-
-    # ---- Stage 2: the reward model, with and without prompt classification.
-    scorers = {"clip_score": clip.score(h_images, [r["prompt"] for r in h_rows]).detach().cpu()}
+    # ---- Stage 2: the reward model on our CLIP, with and without prompt classification.
+    clip = clip_model(cfg, out, images.shape[1], device)
+    h_prompts = [r["prompt"] for r in h_rows]
+    scorers = {"clip_score": clip.score(h_images, h_prompts).detach().cpu()}
     for name, lam in (("reward_no_pc", 0.0), ("reward", cfg.lam)):
         model = train_reward_model(clip, rows, images, cfg, lam, device)
         save_checkpoint(out / f"{name}.pt", {"model": model.state_dict(), "lam": lam,
-                                             "clip_config": dataclasses.asdict(clip_cfg),
+                                             "clip_config": dataclasses.asdict(clip.cfg),
                                              "config": dataclasses.asdict(cfg)})
-        scorers[name] = model.score(h_images, [r["prompt"] for r in h_rows])
+        scorers[name] = model.score(h_images, h_prompts)
 
     # ---- Measurement on held-out feedback (gold labels), seen and unseen prompts.
     results = {name: measure(s.numpy(), h_rows) for name, s in scorers.items()}
@@ -138,25 +148,28 @@ def main(argv=None):
                for name in results} for k in ("pairwise_accuracy", "accuracy", "roc_auc")},
         "seconds": round(time.time() - t0), "sampling_seconds": round(sample_s),
         "config": dataclasses.asdict(cfg)}
-    lf = metrics["label_fraction_good"]
-    table = "| scorer | pairwise acc. seen | unseen | acc@0.5 seen | unseen | ROC-AUC seen | unseen |\n"
-    table += "|---|---|---|---|---|---|---|\n"
+    write_metrics(out, metrics, summary_md(cfg, metrics, results, len(h_rows)))
+    print((out / "summary.md").read_text())
+
+
+def summary_md(cfg: RewardConfig, metrics: dict, results: dict, n_heldout: int) -> str:
+    cell = lambda v: "-" if v is None else f"{100 * v:.1f}%"
+    table = ("| scorer | pairwise acc. seen | unseen | acc@0.5 seen | unseen | ROC-AUC seen "
+             "| unseen |\n|---|---|---|---|---|---|---|\n")
     for name, r in results.items():
-        cell = lambda v: "-" if v is None else f"{100 * v:.1f}%"
         table += (f"| {name} | {cell(r['seen']['pairwise_accuracy'])} | "
                   f"{cell(r['unseen']['pairwise_accuracy'])} | {cell(r['seen']['accuracy'])} | "
                   f"{cell(r['unseen']['accuracy'])} | {r['seen']['roc_auc']:.3f} | "
                   f"{r['unseen']['roc_auc']:.3f} |\n")
-    summary = (f"# Stages 1-2: feedback and reward (preset {cfg.preset})\n\n"
-               f"{lf['n']} labeled images ({cfg.labeler}, flip rate {cfg.flip_rate}); fraction good: "
-               + ", ".join(f"{c} {100 * lf[c]:.0f}%" for c in ("overall", "count", "color",
-                                                                "background", "combination"))
-               + f" (paper: overall 46.5%, count 34%, color 70%).\n\n"
-               f"Held-out feedback: {len(h_rows)} images with gold labels.\n\n{table}\n"
-               f"Gallery of labeled examples: `feedback_gallery.png`. "
-               f"Took {metrics['seconds'] / 60:.1f} min.\n")
-    write_metrics(out, metrics, summary)
-    print(summary)
+    lf = metrics["label_fraction_good"]
+    good = ", ".join(f"{c} {100 * lf[c]:.0f}%" for c in ("overall", "count", "color",
+                                                         "background", "combination"))
+    return (f"# Stages 1-2: feedback and reward (preset {cfg.preset})\n\n"
+            f"{lf['n']} labeled images ({cfg.labeler}, flip rate {cfg.flip_rate}); fraction "
+            f"good: {good} (paper: overall 46.5%, count 34%, color 70%).\n\n"
+            f"Held-out feedback: {n_heldout} images with gold labels.\n\n{table}\n"
+            f"Gallery of labeled examples: `feedback_gallery.png`. "
+            f"Took {metrics['seconds'] / 60:.1f} min.\n")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tiny_rlhf_t2i import seeds
-from tiny_rlhf_t2i.config import parse_config, require
+from tiny_rlhf_t2i.config import check_range, parse_config, require
 from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, alignment_table, evaluate_model, fmt,
                                     sample_grid_rows)
 from tiny_rlhf_t2i.files import check_writable, pick_device, save_grid, write_metrics
@@ -53,11 +53,9 @@ class TrainConfig(ModelConfig, CaptionNoise, LoopConfig):
         LoopConfig.__post_init__(self)
         require(self.captions in ("web", "clean"), f"--captions must be web or clean, not "
                 f"{self.captions!r}")
-        require(0 <= self.p_uncond < 1, f"--p_uncond must be in [0, 1), not {self.p_uncond}")
-        require(self.corpus_size > 0, f"--corpus_size must be >= 1, not {self.corpus_size}")
-        require(self.eval_samples_per_prompt > 0 and self.num_inference_steps > 0,
-                "--eval_samples_per_prompt and --num_inference_steps must be >= 1")
-        require(self.threads >= 0, f"--threads must be >= 0, not {self.threads}")
+        check_range(self, "p_uncond", 0, 1, open_hi=True)
+        check_range(self, "corpus_size eval_samples_per_prompt num_inference_steps", 1)
+        check_range(self, "guidance_scale threads", 0)
 
 
 PRESETS = {

@@ -4,7 +4,7 @@ import pytest
 
 from tiny_rlhf_t2i.judge import judge, well_formed
 from tiny_rlhf_t2i.selfcheck import selfcheck
-from tiny_rlhf_t2i.world import COLORS, Scene, render, render_prompt
+from tiny_rlhf_t2i.world import COLORS, PALETTE, Scene, render, render_prompt
 
 
 @pytest.mark.parametrize("res", [16, 32, 64])
@@ -68,3 +68,18 @@ def test_bad_input():
         judge(np.zeros((16, 16, 3), np.uint8), "a dog")
     with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) uint8 image"):
         judge(np.zeros((16, 16), np.float32), "a circle")
+
+
+def test_two_squares_touching_at_a_corner_are_one_malformed_blob():
+    """8-connected, they form one blob whose silhouette fills half its box, like a diamond;
+    the judge must call it malformed, not a diamond (nor two squares)."""
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[:] = PALETTE["gray"]
+    img[4:8, 4:8] = PALETTE["red"]  # (4, 4) squares meeting only at the corner (7, 7)-(8, 8)
+    img[8:12, 8:12] = PALETTE["red"]
+    for prompt in ("a diamond", "a red diamond", "two squares"):
+        good, reason = judge(img, prompt)
+        assert not good and "1 malformed blob" in reason, reason
+    assert not well_formed(img)
+    img[8:12, 8:12] = PALETTE["gray"]  # one square alone is a clean square
+    assert judge(img, "a red square")[0] and well_formed(img)

@@ -1,6 +1,7 @@
 """The three scripts end to end at smoke size, resume equivalence, and missing-input errors."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,7 +9,7 @@ import finetune
 import train_reward
 import train_unet
 from tiny_rlhf_t2i.config import parse_config
-from tiny_rlhf_t2i.unet import load_model
+from tiny_rlhf_t2i.unet import ModelConfig, TextToImage, load_model
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
@@ -60,3 +61,26 @@ def test_smoke_pipeline_end_to_end(smoke_run):
     for name in ("summary.md", "before_after.png", "alignment.png", "feedback/loss_curve.json"):
         assert (tmp_path / "finetune" / name).exists(), name
     assert not (tmp_path / "finetune" / "report.md").exists()  # one report: summary.md
+
+
+def test_best_of_n_ranks_by_the_logit_not_the_saturated_reward():
+    """sigmoid(30) == sigmoid(40) == 1.0 in float32: ranked by the reward, the first candidate
+    would win every tie; ranked by the logit, the better second one wins."""
+    class Reward:
+        calls = []
+
+        def score(self, images, prompts, logit=False):
+            assert logit, "best-of-n must rank by the logit"
+            self.calls.append(images)
+            return torch.tensor([[30.0, 30.0], [40.0, 20.0]][len(self.calls) - 1])
+
+    torch.manual_seed(0)
+    model = TextToImage(ModelConfig(channels=16, text_dim=32, channel_mults="1,2"))
+    cfg = parse_config(finetune.FinetuneConfig, finetune.PRESETS,
+                       ["--preset", "smoke", "--best_of_n", "2", "--num_inference_steps", "2"])
+    records = [{"prompt": "a red circle", "seed": 1}, {"prompt": "two squares", "seed": 2}]
+    first = np.zeros((2, 16, 16, 3), np.uint8)
+    reward = Reward()
+    best = finetune.best_of_n(model, reward, records, first, cfg)
+    second = reward.calls[1]
+    assert np.array_equal(best[0], second[0]) and np.array_equal(best[1], first[1])

@@ -2,16 +2,17 @@
 
 Every script does
 
-    cfg = parse_config(TrainConfig, PRESETS)          # python train_unet.py --preset smoke --lr 3e-4
+    cfg = parse_config(TrainConfig, PRESETS)   # python train_unet.py --preset smoke --lr 3e-4
 
 A preset is a dict of overrides on the dataclass defaults; command-line flags override the preset.
 The help text of each flag is the one-line comment written beside the field in the dataclass, so
 the config class stays the single place that documents a setting. A config checks its own values
-in `__post_init__` (with `require`); a bad value ends the script with one line, exit code 2.
+in `__post_init__` (`require`, `check_range`); a bad value ends the script with one line, exit code 2.
 """
 import argparse
 import dataclasses
 import inspect
+import math
 import re
 import sys
 
@@ -34,9 +35,20 @@ class ConfigError(ValueError):
 
 
 def require(ok: bool, message: str) -> None:
-    """For `__post_init__`: refuse a bad setting with a message naming the flag and its range."""
+    """For `__post_init__`: refuse a bad setting with a message naming the flag."""
     if not ok:
         raise ConfigError(message)
+
+
+def check_range(cfg, names: str, lo=-math.inf, hi=math.inf, open_lo=False, open_hi=False):
+    """For `__post_init__`: each field of `names` (space-separated) must lie in the range; the
+    error names the flag and the range. NaN lies in no range."""
+    for name in names.split():
+        v = getattr(cfg, name)
+        if not ((v > lo if open_lo else v >= lo) and (v < hi if open_hi else v <= hi)):
+            valid = (f"{'>' if open_lo else '>='} {lo}" if hi == math.inf else
+                     f"in {'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}")
+            raise ConfigError(f"--{name} must be {valid}, not {v}")
 
 
 def _parse_bool(text: str) -> bool:

@@ -5,6 +5,7 @@ file: we write to a temporary file in the same folder and `os.replace` it (atomi
 """
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -46,6 +47,12 @@ def load_checkpoint(path, made_by: str) -> dict:
         raise SystemExit(f"error: {path} does not exist; run `{made_by}` first")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):  # a pickled object: unpickling it could run code
+            raise SystemExit(f"error: {path} holds more than tensors, numbers, strings, lists "
+                             f"and dicts; refused (loading it could run code)") from None
+        raise SystemExit(f"error: {path} is corrupt (not a checkpoint); delete it and run "
+                         f"`{made_by}` again") from None
     except Exception as e:  # truncated or not a checkpoint at all
         raise SystemExit(f"error: {path} is corrupt ({type(e).__name__}); delete it and run "
                          f"`{made_by}` again") from None

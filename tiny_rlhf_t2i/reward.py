@@ -13,7 +13,6 @@ stage 2 and the benchmarks share them.
 """
 import copy
 import dataclasses
-import math
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from tqdm import tqdm
 
 from . import seeds
 from .clip import Clip, ClipConfig
-from .config import require
+from .config import check_range
 from .diffusion import to_model_space
 from .evaluate import pairwise_accuracy, roc_auc
 from .files import load_checkpoint
@@ -102,14 +101,10 @@ class RewardTrainConfig:
     n_prompts: int = 5  # N: the true prompt and N-1 one-attribute-changed prompts
 
     def __post_init__(self):
-        require(self.reward_steps > 0 and self.reward_batch > 0,
-                "--reward_steps and --reward_batch must be >= 1")
-        require(self.reward_lr > 0 and math.isfinite(self.reward_lr), f"--reward_lr must be > 0, "
-                f"not {self.reward_lr}")
-        require(self.lam >= 0, f"--lam must be >= 0, not {self.lam}")
-        require(self.temperature > 0, f"--temperature must be > 0, not {self.temperature}")
-        require(self.n_prompts >= 2, f"--n_prompts must be >= 2 (the true prompt and at least "
-                f"one wrong one), not {self.n_prompts}")
+        check_range(self, "reward_steps reward_batch", 1)
+        check_range(self, "reward_lr temperature", 0, open_lo=True)
+        check_range(self, "lam", 0)
+        check_range(self, "n_prompts", 2)  # the true prompt and at least one wrong one
 
 
 def train_reward_model(clip: Clip, rows, images, cfg: RewardTrainConfig, lam: float, device):

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from . import seeds
-from .config import require
+from .config import check_range
 from .diffusion import EMA, Scheduler, to_model_space
 from .files import load_checkpoint, save_checkpoint
 from .losses import finetune_loss, weighted_mse
@@ -42,14 +42,11 @@ class LoopConfig:
     bf16: bool = False  # bf16 autocast (CUDA only; fp32 on CPU is the safe default)
 
     def __post_init__(self):
-        require(self.steps > 0, f"--steps must be at least 1, not {self.steps}")
-        require(self.batch_size > 0, f"--batch_size must be at least 1, not {self.batch_size}")
-        require(self.lr > 0 and math.isfinite(self.lr), f"--lr must be > 0, not {self.lr}")
-        require(self.warmup_steps >= 0, f"--warmup_steps must be >= 0, not {self.warmup_steps}")
-        require(0 <= self.min_lr_frac <= 1, f"--min_lr_frac must be in [0, 1], not "
-                f"{self.min_lr_frac}")
-        require(0 <= self.ema_decay < 1, f"--ema_decay must be in [0, 1), not {self.ema_decay}")
-        require(self.stop_after >= 0, f"--stop_after must be >= 0, not {self.stop_after}")
+        check_range(self, "steps batch_size", 1)
+        check_range(self, "warmup_steps stop_after weight_decay ckpt_every_s", 0)
+        check_range(self, "lr", 0, 1, open_lo=True)
+        check_range(self, "min_lr_frac", 0, 1)
+        check_range(self, "ema_decay", 0, 1, open_hi=True)
 
 
 def lr_at(step: int, peak: float, warmup_steps: int, total_steps: int,

@@ -37,8 +37,8 @@ class ModelConfig:
                 f"cannot be halved {levels - 1} times (--channel_mults {self.channel_mults})")
         require(self.channels > 0 and self.channels % 8 == 0, f"--channels must be a positive "
                 f"multiple of 8 (GroupNorm's 8 groups), not {self.channels}")
-        require(self.text_dim > 0 and self.text_dim % self.heads == 0, f"--text_dim "
-                f"{self.text_dim} must be a positive multiple of --heads {self.heads}")
+        require(self.heads > 0 and self.text_dim > 0 and self.text_dim % self.heads == 0,
+                f"--text_dim {self.text_dim} must be a positive multiple of --heads {self.heads}")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
