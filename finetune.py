@@ -47,7 +47,7 @@ from tiny_rlhf_t2i.reward import load_reward
 from tiny_rlhf_t2i.text import encode
 from tiny_rlhf_t2i.train_loop import Batch, LoopConfig, drop_captions, train, web_batch
 from tiny_rlhf_t2i.unet import load_model
-from tiny_rlhf_t2i.world import parse
+from tiny_rlhf_t2i.world import CATEGORIES, parse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +182,8 @@ def finetune(name: str, run: Run, pretrained, pre: dict, d_model: DModel, cfg: F
         weights = torch.ones(n_pre)  # the control: D_pre alone
         if n_model:
             idx = torch.from_numpy(rng.integers(0, len(x_all), n_model))
-            x0, ids = torch.cat([x_all[idx], x0]), torch.cat([ids_all[idx], ids])  # [D_model; D_pre]
+            x0 = torch.cat([x_all[idx], x0])  # (B, 3, H, W): [D_model; D_pre]
+            ids = torch.cat([ids_all[idx], ids])
             weights = eq2_weights(w_all[idx], n_pre, beta)  # (B,)
         # Caption dropout on every row, D_model too, as in pretraining. Guidance samples with
         # eps_u + s (eps_c - eps_u): were only the conditional model to move toward D_model,
@@ -295,7 +296,8 @@ def report_md(metrics: dict, cfg: FinetuneConfig, main_run: str, seconds: float)
     own settings."""
     pct = lambda r: "-" if r is None else (f"{100 * r['win']:.1f} / {100 * r['tie']:.1f} / "
                                            f"{100 * r['loss']:.1f}")
-    lines = [f"# Stage 3: reward-weighted fine-tuning (preset {cfg.preset}, {seconds / 60:.1f} min)",
+    lines = [f"# Stage 3: reward-weighted fine-tuning (preset {cfg.preset}, "
+             f"{seconds / 60:.1f} min)",
              "", f"Main run: `{main_run}`; {cfg.steps} steps per run, batch {cfg.batch_size} "
              f"({cfg.model_fraction:.0%} D_model). Gold-judge alignment with 95% CI "
              f"({cfg.eval_samples_per_prompt} samples per evaluation prompt):", "",
@@ -309,14 +311,14 @@ def report_md(metrics: dict, cfg: FinetuneConfig, main_run: str, seconds: float)
             cfg.balance if run.balance is None else run.balance)
         lines.append(f"| {name} | {run.weights if run else '-'} | {beta} | {balanced} | "
                      f"{m['fd']:.2f} | {m['diversity']:.2f} | "
-                     f"{pct(m.get('win_rate_vs_pretrained'))} | {pct(m.get('win_rate_vs_control'))} |")
-    lines += ["", "Seen/unseen per category:", "", "| model | " + " | ".join(
-        f"{s}/{c}" for s in ("seen", "unseen") for c in ("count", "color", "background",
-                                                        "combination")) + " |", "|---|" + "---|" * 8]
+                     f"{pct(m.get('win_rate_vs_pretrained'))} | "
+                     f"{pct(m.get('win_rate_vs_control'))} |")
+    groups = [f"{s}/{c}" for s in ("seen", "unseen") for c in CATEGORIES]
+    lines += ["", "Seen/unseen per category:", "", "| model | " + " | ".join(groups) + " |",
+              "|---|" + "---|" * len(groups)]
     for name, m in metrics.items():
-        lines.append(f"| {name} | " + " | ".join(
-            f"{100 * m['alignment'][f'{s}/{c}']['mean']:.1f}" for s in ("seen", "unseen")
-            for c in ("count", "color", "background", "combination")) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{100 * m['alignment'][g]['mean']:.1f}"
+                                                 for g in groups) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,7 @@ ends up misaligned the way the paper's base model is: good at colors and backgro
 counts and combinations. The learning rate decays to near zero, so the model ends at its plateau
 and a later gain cannot be plain extra training.
 
-    python train_unet.py                    # the cpu preset (~35 min on 2 cores)
+    python train_unet.py                    # the cpu preset (the longest stage; README)
     python train_unet.py --preset smoke     # seconds; what the tests run
     python train_unet.py --captions clean --out_dir runs/unet_clean   # control: exact counts
 """

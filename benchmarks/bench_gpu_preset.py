@@ -86,7 +86,8 @@ def train_speed(size: dict, device, bf16: bool, steps: int, warmup: int = 3):
     t0 = sync_time(device)
     for i in range(steps):
         step(fixed, i)
-    return model.eval(), dict(steps_per_s=full, model_only_steps_per_s=steps / (sync_time(device) - t0))
+    model_only = steps / (sync_time(device) - t0)
+    return model.eval(), dict(steps_per_s=full, model_only_steps_per_s=model_only)
 
 
 def sample_speed(model, device, bf16: bool, n: int) -> float:

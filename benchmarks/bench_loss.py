@@ -77,7 +77,8 @@ def main():
     for size in args.sizes:
         for dname, dtype in DTYPES.items():
             shape = SHAPES[size]
-            eps_hat = torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True)  # (B, C, H, W)
+            eps_hat = torch.randn(shape, device="cuda", dtype=dtype,
+                                  requires_grad=True)  # (B, C, H, W)
             eps = torch.randn(shape, device="cuda", dtype=dtype)  # (B, C, H, W)
             w = torch.rand(shape[0], device="cuda")  # (B,)
             ideal_bytes = 5 * eps.numel() * eps.element_size()
@@ -104,7 +105,8 @@ def main():
         print(f"| {r['size']} | {tuple(r['shape'])} | {r['dtype']} | {r['impl']} "
               f"| {r['ms']:.3f} | {r['gbs']:.0f} | {r['pct_of_copy']:.0f}% |")
     if args.out is not None:
-        result = dict(device=device, torch=torch.__version__, copy_gbs=copy_gbs, runs=args.runs, rows=rows)
+        result = dict(device=device, torch=torch.__version__, copy_gbs=copy_gbs, runs=args.runs,
+                      rows=rows)
         args.out.write_text(json.dumps(result, indent=2))
         print(f"\nwrote {args.out}")
 

@@ -62,11 +62,12 @@ def main(argv=None):
             model = train_reward_model(clip, rows, images, dataclasses.replace(cfg, seed=seed),
                                        lam, device)
             scores[name].append(model.score(h_images, prompts).numpy())
-            print("| %d | %s | %.1f | %.1f |" % (seed, name, *pairwise(scores[name][-1])), flush=True)
+            print("| %d | %s | %.1f | %.1f |" % (seed, name, *pairwise(scores[name][-1])),
+                  flush=True)
     for name, per_seed in scores.items():
         a = np.array([pairwise(s) for s in per_seed])  # (seeds, 2)
-        print(f"| mean (min-max) | {name} | {a[:, 0].mean():.1f} ({a[:, 0].min():.1f}-"
-              f"{a[:, 0].max():.1f}) | {a[:, 1].mean():.1f} ({a[:, 1].min():.1f}-{a[:, 1].max():.1f}) |")
+        spread = [f"{a[:, j].mean():.1f} ({a[:, j].min():.1f}-{a[:, j].max():.1f})" for j in (0, 1)]
+        print(f"| mean (min-max) | {name} | {spread[0]} | {spread[1]} |")
         print("| ensemble of %d | %s | %.1f | %.1f |" % (len(per_seed), name,
                                                         *pairwise(np.mean(per_seed, 0))))
 

@@ -255,3 +255,11 @@ def test_command_line_prints_url_and_summary(folder):
         assert "labeled 0/6, skipped 0" in rest and proc.returncode == 0
     finally:
         proc.kill()
+
+
+def test_deeply_nested_json_is_a_bad_request_and_the_server_keeps_serving(server):
+    """Within the size limit, 5,000 nested brackets overflow the JSON parser's recursion:
+    answer 400 (it used to drop the connection without a response) and stay up."""
+    status, data = request(server, "POST", "/api/label", "[" * 5000 + "]" * 5000)
+    assert status == 400 and json.loads(data) == {"error": "body is not valid JSON"}
+    assert state(server)["progress"]["total"] == len(IDS)

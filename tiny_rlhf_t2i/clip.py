@@ -87,7 +87,8 @@ def train_clip(cfg: ClipConfig, noise, steps: int, batch_size: int, lr: float, s
                                             cfg.resolution, seeds.clip_corpus_seed(seed))
         for g in opt.param_groups:
             g["lr"] = lr_at(step, lr, 0, steps)  # cosine decay, no warmup
-        loss = contrastive_loss(clip, to_model_space(images).to(device), encode(captions).to(device))
+        x, ids = to_model_space(images).to(device), encode(captions).to(device)
+        loss = contrastive_loss(clip, x, ids)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

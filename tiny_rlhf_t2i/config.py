@@ -7,7 +7,8 @@ Every script does
 A preset is a dict of overrides on the dataclass defaults; command-line flags override the preset.
 The help text of each flag is the one-line comment written beside the field in the dataclass, so
 the config class stays the single place that documents a setting. A config checks its own values
-in `__post_init__` (`require`, `check_range`); a bad value ends the script with one line, exit code 2.
+in `__post_init__` (`require`, `check_range`); a bad value ends the script with one line and
+exit code 2.
 """
 import argparse
 import dataclasses

@@ -22,7 +22,8 @@ class Scheduler:
     def __init__(self, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS):
         self.num_train_timesteps = T = num_train_timesteps
         s = 0.008
-        f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
+        steps = torch.arange(T + 1, dtype=torch.float64)
+        f = torch.cos((steps / T + s) / (1 + s) * math.pi / 2) ** 2
         betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
         self.alphas_cumprod = torch.cumprod(1 - betas, 0).float()  # (T,)
         self.timesteps = torch.arange(T - 1, -1, -1)
@@ -58,7 +59,8 @@ class Scheduler:
 
 
 def guided_eps(model, x, t, ids, null_ids, guidance_scale: float):
-    """Classifier-free guidance (Ho & Salimans 2022): eps_u + w (eps_c - eps_u), one batched call."""
+    """Classifier-free guidance (Ho & Salimans 2022): eps_u + w (eps_c - eps_u), in one
+    batched call."""
     if guidance_scale == 1.0:
         return model(x, t, ids)
     eps = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([ids, null_ids]))

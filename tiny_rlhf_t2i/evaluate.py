@@ -142,7 +142,8 @@ def roc_auc(scores, labels) -> float:
     allv = np.concatenate([good, bad])
     for v in np.unique(allv):  # average ranks of ties
         ranks[allv == v] = ranks[allv == v].mean()
-    return float((ranks[: len(good)].sum() - len(good) * (len(good) + 1) / 2) / (len(good) * len(bad)))
+    u = ranks[: len(good)].sum() - len(good) * (len(good) + 1) / 2  # Mann-Whitney U
+    return float(u / (len(good) * len(bad)))
 
 
 # ----------------------------------------------------------------- side by side (stage 3)

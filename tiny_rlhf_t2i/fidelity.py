@@ -50,7 +50,7 @@ def _clean_batch(rng, n: int, resolution: int):
 
 
 def feature_net(resolution: int, cache_dir="runs/fd", steps: int = 600) -> FeatureNet:
-    """The cached feature network for a resolution (trained on first use, ~1 min on a CPU)."""
+    """The cached feature network for a resolution (trained on first use, then loaded)."""
     path = Path(cache_dir) / f"feature_net_{resolution}px_{steps}steps.pt"
     torch.manual_seed(0)  # the same ruler whatever ran before it in the process
     net = FeatureNet()
@@ -74,7 +74,8 @@ def feature_net(resolution: int, cache_dir="runs/fd", steps: int = 600) -> Featu
 @torch.no_grad()
 def features(net: FeatureNet, images_uint8) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, 64) features."""
-    out = [net(to_model_space(images_uint8[i:i + 512]))[0] for i in range(0, len(images_uint8), 512)]
+    out = [net(to_model_space(images_uint8[i:i + 512]))[0]
+           for i in range(0, len(images_uint8), 512)]
     return torch.cat(out).double().numpy()
 
 

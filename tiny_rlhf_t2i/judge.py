@@ -179,9 +179,3 @@ def well_formed(image: np.ndarray) -> bool:
     """Prompt-free fidelity: a clean background color and at least one object, all clean shapes."""
     a = analyze(image)
     return a["clean_background"] and not a["malformed"] and len(a["shapes"]) > 0
-
-
-def judge_batch(images, prompts) -> tuple[list[bool], list[str]]:
-    """The judge as a plain function over batches: (images, prompts) -> (goods, reasons)."""
-    out = [judge(im, p) for im, p in zip(images, prompts)]
-    return [g for g, _ in out], [r for _, r in out]

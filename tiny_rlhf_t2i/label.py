@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .files import atomic_write_text, read_jsonl  # temp file + fsync + os.replace: a crash never leaves half a file
+from .files import atomic_write_text, read_jsonl  # atomic: a crash never leaves half a file
 
 LOOPBACK = "127.0.0.1"
 MAX_BODY = 10 * 1024          # every valid post is a few dozen bytes
@@ -238,7 +238,7 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(f"body larger than {MAX_BODY} bytes")
         try:
             return json.loads(self.rfile.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # [[[...]]] too
             raise BadRequest("body is not valid JSON") from None
         except TimeoutError:
             raise BadRequest("body shorter than its Content-Length") from None

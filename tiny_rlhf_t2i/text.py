@@ -68,7 +68,8 @@ class Block(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """Token ids (B, L) -> token states (B, L, dim), their mask (B, L) and a pooled state (B, dim)."""
+    """Token ids (B, L) -> token states (B, L, dim), their mask (B, L) and a pooled state
+    (B, dim)."""
 
     def __init__(self, dim: int = 64, layers: int = 2, heads: int = 4):
         super().__init__()

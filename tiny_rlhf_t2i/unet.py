@@ -101,7 +101,8 @@ class TextToImage(nn.Module):
         chs = [cfg.channels * int(m) for m in cfg.channel_mults.split(",")]
         t_dim = 4 * cfg.channels
         self.text = TextEncoder(cfg.text_dim, cfg.text_layers, cfg.heads)
-        self.t_mlp = nn.Sequential(nn.Linear(cfg.channels, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
+        self.t_mlp = nn.Sequential(nn.Linear(cfg.channels, t_dim), nn.SiLU(),
+                                   nn.Linear(t_dim, t_dim))
         self.text_to_t = nn.Linear(cfg.text_dim, t_dim)  # pooled prompt joins the time embedding
         self.conv_in = nn.Conv2d(3, chs[0], 3, padding=1)
         args = dict(t_dim=t_dim, text_dim=cfg.text_dim, heads=cfg.heads)
@@ -119,7 +120,8 @@ class TextToImage(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x, t, ids):
-        """x: (B, 3, H, W) noisy images, t: (B,) timesteps, ids: (B, L) token ids -> eps (B, 3, H, W)."""
+        """x: (B, 3, H, W) noisy images, t: (B,) timesteps, ids: (B, L) token ids
+        -> predicted noise eps (B, 3, H, W)."""
         text, text_mask, pooled = self.text(ids)  # (B, L, D), (B, L), (B, D)
         temb = self.t_mlp(timestep_embedding(t, self.cfg.channels)) + self.text_to_t(pooled)
         h = self.conv_in(x)

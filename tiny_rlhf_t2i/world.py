@@ -24,15 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
+from . import seeds
+
 # ----------------------------------------------------------------------------- vocabulary
 SHAPES = ("circle", "square", "triangle", "diamond")
-UNSEEN_SHAPES = ("diamond",)  # the held-out objects: never in feedback or fine-tuning (paper: 5 of 25)
+UNSEEN_SHAPES = ("diamond",)  # held out: never in feedback or fine-tuning (paper: 5 of 25)
 COLORS = {  # object colors, RGB
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230),
     "yellow": (240, 220, 50), "purple": (160, 60, 200), "white": (245, 245, 245),
 }
 BACKGROUNDS = {"black": (20, 20, 20), "gray": (128, 128, 128), "white": (245, 245, 245),
-               "blue": (40, 80, 230)}  # white and blue are also object colors: those pairs are impossible
+               "blue": (40, 80, 230)}  # also object colors: a white object on white is impossible
 PALETTE = {**COLORS, **BACKGROUNDS}  # every color a clean pixel can have, by name
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4}
 MAX_COUNT = 4  # the most objects that fit a 16 px image with clean gaps between them
@@ -80,7 +82,7 @@ class Spec:
 
 @dataclasses.dataclass(frozen=True)
 class Scene:
-    """A full scene description: what `render` draws. Positions and radii are fractions of the side."""
+    """A full scene description: what `render` draws (positions, radii: fractions of the side)."""
     shape: str
     color: str
     background: str
@@ -238,7 +240,8 @@ def write_eval_prompt_sets(data_dir: Path = DATA_DIR) -> list[Path]:
     paths = []
     for split in ("seen", "unseen"):
         path = Path(data_dir) / f"eval_{split}.jsonl"
-        lines = [json.dumps(prompt_record(s)) for s in eval_prompts(split, EVAL_COMBINATIONS[split])]
+        specs = eval_prompts(split, EVAL_COMBINATIONS[split])
+        lines = [json.dumps(prompt_record(s)) for s in specs]
         path.write_text("\n".join(lines) + "\n")
         paths.append(path)
     return paths
@@ -271,7 +274,8 @@ def sample_scene(spec: Spec, rng: np.random.Generator) -> Scene:
     if count >= 3:  # three or four objects: one per cell of a 2x2 grid, jittered inside the cell
         cells = rng.permutation(4)[:count]
         centers = [np.array([0.25 + 0.5 * (c % 2), 0.25 + 0.5 * (c // 2)])
-                   + rng.uniform(-1, 1, size=2) * (0.25 - r - GAP / 2) for c, r in zip(cells, radii)]
+                   + rng.uniform(-1, 1, size=2) * (0.25 - r - GAP / 2)
+                   for c, r in zip(cells, radii)]
     else:  # one or two objects anywhere: rejection sampling, which succeeds within a few tries
         while True:
             centers = [rng.uniform(r + 0.04, 1 - r - 0.04, size=2) for r in radii]
@@ -373,7 +377,7 @@ def web_corpus_batch(indices, noise: CaptionNoise, resolution: int, corpus_seed:
     and caption, whatever the batch or the run. Returns ((B, H, W, 3) uint8, [caption] * B)."""
     images, captions = [], []
     for i in indices:
-        image, caption, _ = web_example(np.random.default_rng([corpus_seed, int(i)]), noise,
+        image, caption, _ = web_example(seeds.web_example(corpus_seed, i), noise,
                                         resolution)
         images.append(image)
         captions.append(caption)

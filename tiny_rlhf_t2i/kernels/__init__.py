@@ -84,7 +84,8 @@ class _WeightedMSE(torch.autograd.Function):
         grad_hat = grad_eps = grad_w = None
         g = grad_loss.float().reshape(1).contiguous()  # stays on the device: no sync
         if need_hat or need_eps:
-            grad_hat, grad_eps = _load_extension().backward(g, eps_hat, eps, w32, need_hat, need_eps)
+            grad_hat, grad_eps = _load_extension().backward(g, eps_hat, eps, w32, need_hat,
+                                                            need_eps)
         if need_w:
             grad_w = (g * per_sample / eps_hat.shape[0]).to(ctx.w_dtype)  # (B,)
         return grad_hat, grad_eps, grad_w
