@@ -84,3 +84,15 @@ def test_best_of_n_ranks_by_the_logit_not_the_saturated_reward():
     best = finetune.best_of_n(model, reward, records, first, cfg)
     second = reward.calls[1]
     assert np.array_equal(best[0], second[0]) and np.array_equal(best[1], first[1])
+
+
+def test_run_folder_is_checked_before_work_and_stale_temp_files_go(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit, match="cannot write to the run folder .*a_file"):
+        train_unet.main(["--preset", "smoke", "--out_dir", str(tmp_path / "a_file")])
+    stale = tmp_path / "run" / ".ckpt.pt.abc123.tmp"  # left by a write a kill interrupted
+    stale.parent.mkdir()
+    stale.write_bytes(b"half a checkpoint")
+    train_unet.main(["--preset", "smoke", "--out_dir", str(tmp_path / "run"), "--steps", "2",
+                     "--warmup_steps", "1", "--stop_after", "1"])
+    assert not stale.exists() and (tmp_path / "run" / "ckpt.pt").exists()

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from . import seeds
 from .evaluate import generate
-from .files import read_jsonl, save_image, write_jsonl
+from .files import check_writable, read_jsonl, save_image, write_jsonl
 from .judge import judge
 from .world import CATEGORIES, prompt_set, to_prompt
 
@@ -50,8 +50,8 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
             chunk: int = 256) -> list[dict]:
     """Sample every record, judge it, and label it ("judge": the judge's verdict, flipped with
     probability flip_rate as people disagree; "human": leave labeling to the browser page)."""
-    folder = Path(folder)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
+    folder = check_writable(folder)
+    (folder / "images").mkdir(exist_ok=True)
     samples_path, labels_path = folder / "samples.jsonl", folder / "labels.jsonl"
     samples = read_rows(samples_path, "train_reward.py") if samples_path.exists() else []
     labels = read_rows(labels_path, "train_reward.py") if labels_path.exists() else []

@@ -60,10 +60,13 @@ def load_checkpoint(path, made_by: str) -> dict:
 
 def check_writable(folder) -> Path:
     """Make the run folder and check that files can be written there, before any work is done
-    (not after an hour of training). Returns it as a Path."""
+    (not after an hour of training); remove the temporary files of writes a kill interrupted.
+    Returns it as a Path."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.rglob(".*.tmp"):  # `_atomic`'s names; a run folder has one writer
+            stale.unlink()
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write_test.")
         os.close(fd)
         os.unlink(tmp)
