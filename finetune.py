@@ -248,9 +248,7 @@ def evaluate(models: dict, pretrained, reward, cfg: FinetuneConfig) -> dict:
 
 def main(argv=None):
     cfg = parse_config(FinetuneConfig, PRESETS, argv)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.threads)
     mse = resolve_loss_backend(cfg.loss_backend)
     out = check_writable(cfg.out_dir)
     t0 = time.time()

@@ -18,7 +18,6 @@ import dataclasses
 import time
 from pathlib import Path
 
-import torch
 
 from tiny_rlhf_t2i import seeds
 from tiny_rlhf_t2i.clip import ClipConfig, Clip, train_clip
@@ -115,9 +114,7 @@ def clip_model(cfg: RewardConfig, out: Path, resolution: int, device) -> Clip:
 
 def main(argv=None):
     cfg = parse_config(RewardConfig, PRESETS, argv)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.threads)
     out = check_writable(cfg.out_dir)
     t0 = time.time()
 

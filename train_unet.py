@@ -71,9 +71,7 @@ PRESETS = {
 def pretrain(cfg: TrainConfig):
     """Stage 0's training: the shared loop on web batches, every weight 1.
     Returns (EMA model, loss curve, finished)."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.threads)
     out = check_writable(cfg.out_dir)
     corpus = dataclasses.asdict(cfg)  # the web corpus: its size, seed, caption noise, resolution
     torch.manual_seed(cfg.seed)

@@ -8,7 +8,7 @@ import torch
 from tiny_rlhf_t2i.clip import Clip, ClipConfig
 from tiny_rlhf_t2i.diffusion import to_model_space
 from tiny_rlhf_t2i.feedback import collect, feedback_records, load_labeled
-from tiny_rlhf_t2i.files import read_jsonl, write_jsonl
+from tiny_rlhf_t2i.files import write_jsonl
 from tiny_rlhf_t2i.losses import reward_loss
 from tiny_rlhf_t2i.reward import RewardModel, augment_prompts
 from tiny_rlhf_t2i.text import encode

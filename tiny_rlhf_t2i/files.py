@@ -127,7 +127,13 @@ def save_image(image: Image.Image, path) -> Path:
     return _atomic(path, lambda f: image.save(f, format="PNG"))
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, threads: int = 0) -> torch.device:
+    """The torch device of a --device setting (auto: CUDA when there is one); threads > 0 sets
+    torch's CPU threads."""
+    if threads:
+        torch.set_num_threads(threads)
+    if name not in ("auto", "cpu", "cuda"):
+        raise SystemExit(f"error: --device must be auto, cpu or cuda, not {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
