@@ -18,7 +18,6 @@ import dataclasses
 import time
 from pathlib import Path
 
-
 from tiny_rlhf_t2i import seeds
 from tiny_rlhf_t2i.clip import ClipConfig, Clip, train_clip
 from tiny_rlhf_t2i.config import check_range, parse_config, require
