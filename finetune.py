@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from tiny_rlhf_t2i import seeds
-from tiny_rlhf_t2i.config import check_range, parse_config, require
+from tiny_rlhf_t2i.config import UserError, check_range, parse_config, require, run
 from tiny_rlhf_t2i.diffusion import to_model_space
 from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, alignment_table, eval_records, generate,
                                     sample_grid_rows, score, win_rate)
@@ -149,7 +149,7 @@ def build_d_model(cfg: FinetuneConfig, pretrained, reward, device) -> DModel:
                                                          made_by)[0]}
     unknown = [r["id"] for r in rows if r["id"] not in judged]
     if unknown:
-        raise SystemExit(f"error: {fb / 'train' / 'labels.jsonl'} labels images that are not in "
+        raise UserError(f"{fb / 'train' / 'labels.jsonl'} labels images that are not in "
                          f"its samples.jsonl ({unknown[:3]}); run `{made_by}` again")
     all_rows, all_images = rows + u_rows, np.concatenate([images, u_images])
     prompts = [r["prompt"] for r in all_rows]
@@ -321,4 +321,4 @@ def report_md(metrics: dict, cfg: FinetuneConfig, main_run: str, seconds: float)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tiny_rlhf_t2i import seeds
 from tiny_rlhf_t2i.clip import ClipConfig, Clip, train_clip
-from tiny_rlhf_t2i.config import check_range, parse_config, require
+from tiny_rlhf_t2i.config import UserError, check_range, parse_config, require, run
 from tiny_rlhf_t2i.feedback import (collect, feedback_records, label_summary, load_labeled,
                                     save_gallery)
 from tiny_rlhf_t2i.files import (check_writable, load_checkpoint, pick_device, save_checkpoint,
@@ -92,7 +92,7 @@ def collect_feedback(cfg: RewardConfig, device):
     made_by = f"python train_reward.py --preset {cfg.preset}"
     rows, images = load_labeled(fb / "train", made_by)
     if len(rows) < 10:
-        raise SystemExit(f"error: only {len(rows)} labeled images in {fb / 'train'}; label more")
+        raise UserError(f"only {len(rows)} labeled images in {fb / 'train'}; label more")
     return rows, images, *load_labeled(fb / "heldout", made_by)
 
 
@@ -169,4 +169,4 @@ def summary_md(cfg: RewardConfig, metrics: dict, results: dict, n_heldout: int) 
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tiny_rlhf_t2i import seeds
-from tiny_rlhf_t2i.config import check_range, parse_config, require
+from tiny_rlhf_t2i.config import check_range, parse_config, require, run
 from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, alignment_table, evaluate_model, fmt,
                                     sample_grid_rows)
 from tiny_rlhf_t2i.files import check_writable, pick_device, save_grid, write_metrics
@@ -124,4 +124,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

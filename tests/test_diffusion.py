@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from tiny_rlhf_t2i.config import UserError
 from tiny_rlhf_t2i.diffusion import Scheduler, guided_eps, sample
 from tiny_rlhf_t2i.files import load_checkpoint, save_checkpoint
 from tiny_rlhf_t2i.losses import weighted_mse
@@ -124,10 +125,10 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
     copy.load_state_dict(load_checkpoint(path, "python train_unet.py")["model"])
     x, t, ids = torch.randn(1, 3, 16, 16), torch.tensor([3]), encode(["a circle"])
     assert torch.equal(model(x, t, ids), copy(x, t, ids))
-    with pytest.raises(SystemExit, match=r"missing.pt does not exist; run `python train_unet.py`"):
+    with pytest.raises(UserError, match=r"missing.pt does not exist; run `python train_unet.py`"):
         load_checkpoint(tmp_path / "missing.pt", "python train_unet.py")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match="bad.pt is corrupt"):
+    with pytest.raises(UserError, match="bad.pt is corrupt"):
         load_checkpoint(tmp_path / "bad.pt", "python train_unet.py")
 
 
@@ -144,7 +145,7 @@ class Payload:
 def test_a_checkpoint_carrying_code_is_refused_and_never_run(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"model": {}, "x": Payload(marker)}, tmp_path / "evil.pt")
-    with pytest.raises(SystemExit, match="evil.pt holds more than tensors.*refused"):
+    with pytest.raises(UserError, match="evil.pt holds more than tensors.*refused"):
         load_checkpoint(tmp_path / "evil.pt", "python train_unet.py")
     assert not marker.exists()
 

@@ -8,7 +8,7 @@ import torch
 import finetune
 import train_reward
 import train_unet
-from tiny_rlhf_t2i.config import parse_config
+from tiny_rlhf_t2i.config import UserError, parse_config
 from tiny_rlhf_t2i.unet import ModelConfig, TextToImage, load_model
 
 
@@ -32,7 +32,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
 
 def test_missing_checkpoint_names_the_command(tmp_path):
-    with pytest.raises(SystemExit, match=r"ckpt.pt does not exist; run `python train_unet.py"):
+    with pytest.raises(UserError, match=r"ckpt.pt does not exist; run `python train_unet.py"):
         train_reward.main(["--preset", "smoke", "--unet_dir", str(tmp_path / "none"),
                            "--out_dir", str(tmp_path / "r"), "--feedback_dir", str(tmp_path / "f")])
 
@@ -88,7 +88,7 @@ def test_best_of_n_ranks_by_the_logit_not_the_saturated_reward():
 
 def test_run_folder_is_checked_before_work_and_stale_temp_files_go(tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(SystemExit, match="cannot write to the run folder .*a_file"):
+    with pytest.raises(UserError, match="cannot write to the run folder .*a_file"):
         train_unet.main(["--preset", "smoke", "--out_dir", str(tmp_path / "a_file")])
     stale = tmp_path / "run" / ".ckpt.pt.abc123.tmp"  # left by a write a kill interrupted
     stale.parent.mkdir()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tiny_rlhf_t2i.clip import Clip, ClipConfig
+from tiny_rlhf_t2i.config import UserError
 from tiny_rlhf_t2i.diffusion import to_model_space
 from tiny_rlhf_t2i.feedback import collect, feedback_records, load_labeled
 from tiny_rlhf_t2i.files import write_jsonl
@@ -84,13 +85,13 @@ def test_labels_file_errors_name_the_line(tmp_path):
     assert len(rows) == 2 and images.shape == (2, 16, 16, 3)
     text = (tmp_path / "labels.jsonl").read_text().splitlines()
     (tmp_path / "labels.jsonl").write_text(text[0] + "\n{not json\n")
-    with pytest.raises(SystemExit, match="labels.jsonl, line 2: not valid JSON"):
+    with pytest.raises(UserError, match="labels.jsonl, line 2: not valid JSON"):
         load_labeled(tmp_path, "python train_reward.py")
     for bad in (3, True):  # json's true is not the label 1
         (tmp_path / "labels.jsonl").write_text(json.dumps({**row, "label": bad}) + "\n")
-        with pytest.raises(SystemExit, match=f"line 1: label must be 0 or 1, not {bad}"):
+        with pytest.raises(UserError, match=f"line 1: label must be 0 or 1, not {bad}"):
             load_labeled(tmp_path, "python train_reward.py")
-    with pytest.raises(SystemExit, match="does not exist; run `python train_reward.py`"):
+    with pytest.raises(UserError, match="does not exist; run `python train_reward.py`"):
         load_labeled(tmp_path / "nowhere", "python train_reward.py")
 
 
@@ -102,9 +103,9 @@ def test_collect_refuses_a_folder_made_with_other_settings(tmp_path):
                                              for r in old])
     new = feedback_records("seen", 16, seed=2)  # same ids, other prompts
     assert any(a["id"] == b["id"] and a["prompt"] != b["prompt"] for a, b in zip(old, new))
-    with pytest.raises(SystemExit, match="was made with other settings"):
+    with pytest.raises(UserError, match="was made with other settings"):
         collect(None, tmp_path, new, num_inference_steps=5, guidance_scale=3.0, flip_rate=0.0)
     other_seed = feedback_records("seen", 8, seed=3)  # other ids: would have been appended
-    with pytest.raises(SystemExit, match="holds images of another feedback set"):
+    with pytest.raises(UserError, match="holds images of another feedback set"):
         collect(None, tmp_path, other_seed, num_inference_steps=5, guidance_scale=3.0,
                 flip_rate=0.0)

@@ -1,6 +1,9 @@
 """The shared training loop: its schedule, the web batch of both stages, resume, bad settings."""
 import dataclasses
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ import torch
 import finetune
 import train_reward
 import train_unet
-from tiny_rlhf_t2i.config import parse_config
+from tiny_rlhf_t2i.config import parse_config, run
 from tiny_rlhf_t2i.text import NULL_IDS, encode
 from tiny_rlhf_t2i.train_loop import drop_captions, lr_at, web_batch
 from tiny_rlhf_t2i.world import CaptionNoise, web_corpus_batch
@@ -69,7 +72,23 @@ def test_drop_captions_replaces_rows_with_the_null_caption():
 ])
 def test_bad_settings_are_refused_in_one_line(script, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        script.main(["--preset", "smoke", *argv])
+        run(script.main, ["--preset", "smoke", *argv])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err == f"error: {err[7:]}" and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train_unet.py", "--preset", "smoke", "--steps", "0"], "--steps must be >= 1, not 0"),
+    (["-m", "tiny_rlhf_t2i.sample", "two dogs"], "unknown word 'dogs'"),
+    (["-m", "tiny_rlhf_t2i.sample", "a white circle on a white background"], "is impossible"),
+    (["-m", "tiny_rlhf_t2i.sample", "a circle", "--ckpt", "nowhere/ckpt.pt"],
+     "nowhere/ckpt.pt does not exist; run `python train_unet.py`"),
+])
+def test_a_user_error_is_one_line_and_exit_code_2_in_a_real_process(argv, message, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr

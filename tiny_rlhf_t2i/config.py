@@ -7,7 +7,7 @@ Every script does
 A preset is a dict of overrides on the dataclass defaults; command-line flags override the preset.
 The help text of each flag is the one-line comment written beside the field in the dataclass, so
 the config class stays the single place that documents a setting. A config checks its own values
-in `__post_init__` (`require`, `check_range`); a bad value ends the script with one line and
+in `__post_init__` (`require`, `check_range`); `run(main)` turns a bad value into one line and
 exit code 2.
 """
 import argparse
@@ -31,8 +31,24 @@ def _field_comments(cls) -> dict[str, str]:
     return comments
 
 
-class ConfigError(ValueError):
-    """A setting out of its valid range: the user's error, reported in one line."""
+class UserError(Exception):
+    """A mistake in the user's input (a flag, a file, a prompt), not a bug: `run` reports it in
+    one line."""
+
+
+class ConfigError(UserError):
+    """A setting out of its valid range."""
+
+
+def run(main, argv=None) -> None:
+    """A script's entry point. The user's mistakes (UserError) end in one line `error: ...` and
+    exit code 2, before any work where they can be seen early; any other exception is a bug and
+    keeps its traceback."""
+    try:
+        main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def require(ok: bool, message: str) -> None:
@@ -83,7 +99,4 @@ def parse_config(cls, presets: dict[str, dict], argv=None, description: str | No
     unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
     if unknown:  # a typo in a preset table is a bug, say so loudly
         raise ValueError(f"preset {args.preset!r} sets unknown fields {sorted(unknown)}")
-    try:
-        return cls(**overrides)
-    except ConfigError as e:
-        parser.exit(2, f"error: {e}\n")
+    return cls(**overrides)  # __post_init__ raises ConfigError on a bad value

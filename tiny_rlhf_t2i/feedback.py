@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from . import seeds
+from .config import UserError
 from .evaluate import generate
 from .files import check_writable, read_jsonl, save_image, write_jsonl
 from .judge import judge
@@ -58,13 +59,13 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
     done = {r["id"]: r for r in samples}
     extra = sorted(set(done) - {r["id"] for r in records})
     if extra:  # another set (other seed or size) lives here: never mix two sets in one folder
-        raise SystemExit(f"error: {folder} holds images of another feedback set ({extra[0]}, "
+        raise UserError(f"{folder} holds images of another feedback set ({extra[0]}, "
                          f"{len(extra)} in all); delete the folder or choose another "
                          f"--feedback_dir")
     for r in records:  # resuming is only sound if the folder was made for these very records
         old = done.get(r["id"])
         if old is not None and (old["prompt"], old["seed"]) != (r["prompt"], r["seed"]):
-            raise SystemExit(f"error: {folder} was made with other settings (its image {r['id']} "
+            raise UserError(f"{folder} was made with other settings (its image {r['id']} "
                              f"is for {old['prompt']!r}, now asked for {r['prompt']!r}); delete "
                              f"the folder or choose another --feedback_dir")
     todo = [r for r in records if r["id"] not in done]
@@ -95,7 +96,7 @@ def read_rows(path, made_by: str, check=None) -> list[dict]:
     try:
         return read_jsonl(path, check)
     except ValueError as e:
-        raise SystemExit(f"error: {e}; fix or delete the line, or delete the file and run "
+        raise UserError(f"{e}; fix or delete the line, or delete the file and run "
                          f"`{made_by}` again") from None
 
 
@@ -114,13 +115,13 @@ def load_rows(folder, name: str, made_by: str) -> tuple[list[dict], np.ndarray]:
     folder = Path(folder)
     path = folder / name
     if not path.exists():
-        raise SystemExit(f"error: {path} does not exist; run `{made_by}` first")
+        raise UserError(f"{path} does not exist; run `{made_by}` first")
     rows = read_rows(path, made_by, _check_label if name == "labels.jsonl" else None)
     try:
         images = np.stack([np.asarray(Image.open(folder / r["image"]).convert("RGB"))
                            for r in rows]) if rows else np.zeros((0, 16, 16, 3), np.uint8)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"error: an image of {folder} is missing or corrupt ({e}); "
+        raise UserError(f"an image of {folder} is missing or corrupt ({e}); "
                          f"run `{made_by}` again") from None
     return rows, images
 

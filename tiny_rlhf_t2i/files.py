@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .config import UserError
+
 
 def _atomic(path: Path, write) -> Path:
     path = Path(path)
@@ -44,17 +46,17 @@ def load_checkpoint(path, made_by: str) -> dict:
     so a shared file carrying a pickled program is refused instead of run."""
     path = Path(path)
     if not path.exists():
-        raise SystemExit(f"error: {path} does not exist; run `{made_by}` first")
+        raise UserError(f"{path} does not exist; run `{made_by}` first")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e):  # a pickled object: unpickling it could run code
-            raise SystemExit(f"error: {path} holds more than tensors, numbers, strings, lists "
+            raise UserError(f"{path} holds more than tensors, numbers, strings, lists "
                              f"and dicts; refused (loading it could run code)") from None
-        raise SystemExit(f"error: {path} is corrupt (not a checkpoint); delete it and run "
+        raise UserError(f"{path} is corrupt (not a checkpoint); delete it and run "
                          f"`{made_by}` again") from None
     except Exception as e:  # truncated or not a checkpoint at all
-        raise SystemExit(f"error: {path} is corrupt ({type(e).__name__}); delete it and run "
+        raise UserError(f"{path} is corrupt ({type(e).__name__}); delete it and run "
                          f"`{made_by}` again") from None
 
 
@@ -71,7 +73,7 @@ def check_writable(folder) -> Path:
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
-        raise SystemExit(f"error: cannot write to the run folder {folder} ({e.strerror}); "
+        raise UserError(f"cannot write to the run folder {folder} ({e.strerror}); "
                          f"choose another --out_dir") from None
     return folder
 
@@ -133,9 +135,9 @@ def pick_device(name: str, threads: int = 0) -> torch.device:
     if threads:
         torch.set_num_threads(threads)
     if name not in ("auto", "cpu", "cuda"):
-        raise SystemExit(f"error: --device must be auto, cpu or cuda, not {name!r}")
+        raise UserError(f"--device must be auto, cpu or cuda, not {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda asked for, but no CUDA device is available")
+        raise UserError("--device cuda asked for, but no CUDA device is available")
     return torch.device(name)

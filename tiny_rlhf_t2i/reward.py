@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import seeds
 from .clip import Clip, ClipConfig
-from .config import check_range
+from .config import UserError, check_range
 from .diffusion import to_model_space
 from .evaluate import pairwise_accuracy, roc_auc
 from .files import load_checkpoint
@@ -81,7 +81,7 @@ def load_reward(reward_dir, made_by: str, name: str = "reward") -> RewardModel:
     path = Path(reward_dir) / f"{name}.pt"
     state = load_checkpoint(path, made_by)
     if "clip_config" not in state or "lam" not in state:
-        raise SystemExit(f"error: {path} is not a reward model (a {name}.pt of train_reward.py); "
+        raise UserError(f"{path} is not a reward model (a {name}.pt of train_reward.py); "
                          f"run `{made_by}` to make one")
     model = RewardModel(Clip(ClipConfig(**state["clip_config"])))
     model.load_state_dict(state["model"])

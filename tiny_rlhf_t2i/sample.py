@@ -7,11 +7,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from .config import UserError, run
 from .diffusion import sample, to_uint8
 from .files import save_grid
 from .judge import judge
 from .text import encode
 from .unet import load_model
+from .world import parse
 
 
 def main(argv=None):
@@ -24,12 +26,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     ap.add_argument("--out", default="runs/samples", help="output folder")
     args = ap.parse_args(argv)
-    try:
-        encode([args.prompt])  # an unknown word fails here, before the checkpoint loads
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    if args.n < 1 or args.steps < 1:
-        ap.exit(2, "error: --n and --steps must be at least 1\n")
+    parse(args.prompt), encode([args.prompt])  # a bad prompt fails here, before any work
+    if args.n < 1 or args.steps < 1 or not args.guidance_scale >= 0:
+        raise UserError("--n and --steps must be at least 1 and --guidance-scale >= 0")
     model, _ = load_model(args.ckpt)
     seeds = [args.seed + i for i in range(args.n)]
     images = to_uint8(sample(model, [args.prompt] * args.n, seeds, args.steps, args.guidance_scale))
@@ -47,4 +46,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

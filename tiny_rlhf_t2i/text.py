@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .world import VOCAB, tokenize
+from .world import VOCAB, PromptError, tokenize
 
 PAD, NULL = "<pad>", "<null>"  # NULL is the empty caption of classifier-free guidance
 TOKENS = (PAD, NULL) + VOCAB
@@ -25,7 +25,7 @@ def encode(prompts: list[str]) -> torch.Tensor:
     for i, p in enumerate(prompts):
         words = [NULL] if p == "" else tokenize(p)
         if len(words) > MAX_LEN:
-            raise ValueError(f"prompt {p!r} has {len(words)} words; at most {MAX_LEN} fit")
+            raise PromptError(f"prompt {p!r} has {len(words)} words; at most {MAX_LEN} fit")
         ids[i, :len(words)] = torch.tensor([TOKEN_ID[w] for w in words])
     return ids
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .config import require
+from .config import UserError, require
 from .text import Attention, TextEncoder
 from .world import RESOLUTIONS
 
@@ -152,7 +152,7 @@ def load_model(path, made_by: str = "python train_unet.py",
     from .files import load_checkpoint
     state = load_checkpoint(path, made_by)
     if "model_config" not in state:
-        raise SystemExit(f"error: {path} is not a text-to-image checkpoint (a ckpt.pt of "
+        raise UserError(f"{path} is not a text-to-image checkpoint (a ckpt.pt of "
                          f"train_unet.py or finetune.py); run `{made_by}` to make one")
     model = TextToImage(ModelConfig(**state["model_config"]))
     model.load_state_dict(state[weights])

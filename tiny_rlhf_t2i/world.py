@@ -25,6 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from . import seeds
+from .config import UserError
+
+
+class PromptError(UserError, ValueError):
+    """A prompt the world cannot draw or the grammar cannot read, with what would be valid."""
+
 
 # ----------------------------------------------------------------------------- vocabulary
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -101,17 +107,17 @@ def _choices(kind: str, valid) -> str:
 def validate(spec: Spec) -> Spec:
     """Raise ValueError naming the offending attribute for a scene that cannot be drawn."""
     if spec.shape not in SHAPES:
-        raise ValueError(f"unknown shape {spec.shape!r}; {_choices('shapes', SHAPES)}")
+        raise PromptError(f"unknown shape {spec.shape!r}; {_choices('shapes', SHAPES)}")
     if spec.color is not None and spec.color not in COLORS:
-        raise ValueError(f"unknown color {spec.color!r}; {_choices('colors', COLORS)}")
+        raise PromptError(f"unknown color {spec.color!r}; {_choices('colors', COLORS)}")
     if spec.background is not None and spec.background not in BACKGROUNDS:
-        raise ValueError(f"unknown background {spec.background!r}; "
+        raise PromptError(f"unknown background {spec.background!r}; "
                          f"{_choices('backgrounds', BACKGROUNDS)}")
     if spec.count is not None and not 1 <= spec.count <= MAX_COUNT:
-        raise ValueError(f"count {spec.count} is impossible: at most {MAX_COUNT} objects fit the "
+        raise PromptError(f"count {spec.count} is impossible: at most {MAX_COUNT} objects fit the "
                          f"image; valid counts: 1-{MAX_COUNT}")
     if spec.color is not None and spec.color == spec.background:
-        raise ValueError(f"a {spec.color} {spec.shape} on a {spec.background} background is "
+        raise PromptError(f"a {spec.color} {spec.shape} on a {spec.background} background is "
                          f"invisible: the color must differ from the background")
     return spec
 
@@ -142,12 +148,12 @@ def _article(spec: Spec) -> str:
 def tokenize(text: str) -> list[str]:
     """Lower-case words; an unknown word is a ValueError that names it and lists the vocabulary."""
     if not text or not text.strip():
-        raise ValueError(f"empty prompt; a prompt names a shape, e.g. 'two red circles on a gray "
+        raise PromptError(f"empty prompt; a prompt names a shape, e.g. 'two red circles on a gray "
                          f"background' ({_choices('shapes', SHAPES)})")
     words = text.lower().replace(",", " ").replace(".", " ").split()
     for w in words:
         if w not in VOCAB:
-            raise ValueError(f"unknown word {w!r} in prompt {text!r}; the vocabulary is: "
+            raise PromptError(f"unknown word {w!r} in prompt {text!r}; the vocabulary is: "
                              f"{', '.join(VOCAB)}")
     return words
 
@@ -159,13 +165,13 @@ def parse(prompt: str) -> Spec:
     words = tokenize(prompt)
     shapes = [w for w in words if w in SHAPES or w in PLURAL.values()]
     if len(shapes) != 1:
-        raise ValueError(f"prompt {prompt!r} must name exactly one shape, found "
+        raise PromptError(f"prompt {prompt!r} must name exactly one shape, found "
                          f"{shapes or 'none'}; {_choices('shapes', SHAPES)}")
     noun = shapes[0]
     shape = noun if noun in SHAPES else noun[:-1]
     numbers = [NUMBERS[w] for w in words if w in NUMBERS]
     if len(numbers) > 1:
-        raise ValueError(f"prompt {prompt!r} names more than one count: {numbers}")
+        raise PromptError(f"prompt {prompt!r} names more than one count: {numbers}")
     count = numbers[0] if numbers else (1 if noun in SHAPES else None)
     color = background = None
     for i, w in enumerate(words):
@@ -173,11 +179,11 @@ def parse(prompt: str) -> Spec:
             continue
         if i + 1 < len(words) and words[i + 1] == "background":
             if background is not None:
-                raise ValueError(f"prompt {prompt!r} names two backgrounds")
+                raise PromptError(f"prompt {prompt!r} names two backgrounds")
             background = w
         else:
             if color is not None:
-                raise ValueError(f"prompt {prompt!r} names two object colors ({color}, {w}); "
+                raise PromptError(f"prompt {prompt!r} names two object colors ({color}, {w}); "
                                  f"all objects of a scene share one color")
             color = w
     return validate(Spec(shape, count, color, background))
@@ -188,7 +194,7 @@ def perturb(spec: Spec, attribute: str, rng: np.random.Generator) -> Spec:
     augmentation for the reward model, Sec. 3.2, and the judge's rejection self-check)."""
     current = getattr(spec, attribute)
     if current is None:
-        raise ValueError(f"the prompt does not name its {attribute}, so it cannot be changed")
+        raise PromptError(f"the prompt does not name its {attribute}, so it cannot be changed")
     values = {"shape": SHAPES, "count": tuple(range(1, MAX_COUNT + 1)), "color": tuple(COLORS),
               "background": tuple(BACKGROUNDS)}[attribute]
     options = [v for v in values if v != current]
