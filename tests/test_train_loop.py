@@ -81,7 +81,7 @@ def test_bad_settings_are_refused_in_one_line(script, argv, message, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train_unet.py", "--preset", "smoke", "--steps", "0"], "--steps must be >= 1, not 0"),
     (["-m", "tiny_rlhf_t2i.sample", "two dogs"], "unknown word 'dogs'"),
-    (["-m", "tiny_rlhf_t2i.sample", "a white circle on a white background"], "is impossible"),
+    (["-m", "tiny_rlhf_t2i.sample", "a white circle on a white background"], "is invisible"),
     (["-m", "tiny_rlhf_t2i.sample", "a circle", "--ckpt", "nowhere/ckpt.pt"],
      "nowhere/ckpt.pt does not exist; run `python train_unet.py`"),
 ])
