@@ -150,7 +150,7 @@ def build_d_model(cfg: FinetuneConfig, pretrained, reward, device) -> DModel:
     unknown = [r["id"] for r in rows if r["id"] not in judged]
     if unknown:
         raise UserError(f"{fb / 'train' / 'labels.jsonl'} labels images that are not in "
-                         f"its samples.jsonl ({unknown[:3]}); run `{made_by}` again")
+                        f"its samples.jsonl ({unknown[:3]}); run `{made_by}` again")
     all_rows, all_images = rows + u_rows, np.concatenate([images, u_images])
     prompts = [r["prompt"] for r in all_rows]
     return DModel(x=to_model_space(all_images), ids=encode(prompts),

@@ -60,14 +60,14 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
     extra = sorted(set(done) - {r["id"] for r in records})
     if extra:  # another set (other seed or size) lives here: never mix two sets in one folder
         raise UserError(f"{folder} holds images of another feedback set ({extra[0]}, "
-                         f"{len(extra)} in all); delete the folder or choose another "
-                         f"--feedback_dir")
+                        f"{len(extra)} in all); delete the folder or choose another "
+                        f"--feedback_dir")
     for r in records:  # resuming is only sound if the folder was made for these very records
         old = done.get(r["id"])
         if old is not None and (old["prompt"], old["seed"]) != (r["prompt"], r["seed"]):
             raise UserError(f"{folder} was made with other settings (its image {r['id']} "
-                             f"is for {old['prompt']!r}, now asked for {r['prompt']!r}); delete "
-                             f"the folder or choose another --feedback_dir")
+                            f"is for {old['prompt']!r}, now asked for {r['prompt']!r}); delete "
+                            f"the folder or choose another --feedback_dir")
     todo = [r for r in records if r["id"] not in done]
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=f"sample {folder.name}",
                dynamic_ncols=True)
@@ -97,7 +97,7 @@ def read_rows(path, made_by: str, check=None) -> list[dict]:
         return read_jsonl(path, check)
     except ValueError as e:
         raise UserError(f"{e}; fix or delete the line, or delete the file and run "
-                         f"`{made_by}` again") from None
+                        f"`{made_by}` again") from None
 
 
 def _check_label(row) -> str | None:
@@ -122,7 +122,7 @@ def load_rows(folder, name: str, made_by: str) -> tuple[list[dict], np.ndarray]:
                            for r in rows]) if rows else np.zeros((0, 16, 16, 3), np.uint8)
     except (OSError, ValueError) as e:
         raise UserError(f"an image of {folder} is missing or corrupt ({e}); "
-                         f"run `{made_by}` again") from None
+                        f"run `{made_by}` again") from None
     return rows, images
 
 

@@ -52,12 +52,12 @@ def load_checkpoint(path, made_by: str) -> dict:
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e):  # a pickled object: unpickling it could run code
             raise UserError(f"{path} holds more than tensors, numbers, strings, lists "
-                             f"and dicts; refused (loading it could run code)") from None
+                            f"and dicts; refused (loading it could run code)") from None
         raise UserError(f"{path} is corrupt (not a checkpoint); delete it and run "
-                         f"`{made_by}` again") from None
+                        f"`{made_by}` again") from None
     except Exception as e:  # truncated or not a checkpoint at all
         raise UserError(f"{path} is corrupt ({type(e).__name__}); delete it and run "
-                         f"`{made_by}` again") from None
+                        f"`{made_by}` again") from None
 
 
 def check_writable(folder) -> Path:
@@ -74,7 +74,7 @@ def check_writable(folder) -> Path:
         os.unlink(tmp)
     except OSError as e:
         raise UserError(f"cannot write to the run folder {folder} ({e.strerror}); "
-                         f"choose another --out_dir") from None
+                        f"choose another --out_dir") from None
     return folder
 
 

@@ -82,7 +82,7 @@ def load_reward(reward_dir, made_by: str, name: str = "reward") -> RewardModel:
     state = load_checkpoint(path, made_by)
     if "clip_config" not in state or "lam" not in state:
         raise UserError(f"{path} is not a reward model (a {name}.pt of train_reward.py); "
-                         f"run `{made_by}` to make one")
+                        f"run `{made_by}` to make one")
     model = RewardModel(Clip(ClipConfig(**state["clip_config"])))
     model.load_state_dict(state["model"])
     return model.eval()

@@ -153,7 +153,7 @@ def load_model(path, made_by: str = "python train_unet.py",
     state = load_checkpoint(path, made_by)
     if "model_config" not in state:
         raise UserError(f"{path} is not a text-to-image checkpoint (a ckpt.pt of "
-                         f"train_unet.py or finetune.py); run `{made_by}` to make one")
+                        f"train_unet.py or finetune.py); run `{made_by}` to make one")
     model = TextToImage(ModelConfig(**state["model_config"]))
     model.load_state_dict(state[weights])
     return model.eval(), state["config"]
