@@ -105,20 +105,20 @@ def _choices(kind: str, valid) -> str:
 
 
 def validate(spec: Spec) -> Spec:
-    """Raise ValueError naming the offending attribute for a scene that cannot be drawn."""
+    """Raise PromptError naming the offending attribute for a scene that cannot be drawn."""
     if spec.shape not in SHAPES:
         raise PromptError(f"unknown shape {spec.shape!r}; {_choices('shapes', SHAPES)}")
     if spec.color is not None and spec.color not in COLORS:
         raise PromptError(f"unknown color {spec.color!r}; {_choices('colors', COLORS)}")
     if spec.background is not None and spec.background not in BACKGROUNDS:
         raise PromptError(f"unknown background {spec.background!r}; "
-                         f"{_choices('backgrounds', BACKGROUNDS)}")
+                          f"{_choices('backgrounds', BACKGROUNDS)}")
     if spec.count is not None and not 1 <= spec.count <= MAX_COUNT:
         raise PromptError(f"count {spec.count} is impossible: at most {MAX_COUNT} objects fit the "
-                         f"image; valid counts: 1-{MAX_COUNT}")
+                          f"image; valid counts: 1-{MAX_COUNT}")
     if spec.color is not None and spec.color == spec.background:
         raise PromptError(f"a {spec.color} {spec.shape} on a {spec.background} background is "
-                         f"invisible: the color must differ from the background")
+                          f"invisible: the color must differ from the background")
     return spec
 
 
@@ -146,15 +146,15 @@ def _article(spec: Spec) -> str:
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case words; an unknown word is a ValueError that names it and lists the vocabulary."""
+    """Lower-case words; an unknown word is a PromptError naming it and listing the vocabulary."""
     if not text or not text.strip():
         raise PromptError(f"empty prompt; a prompt names a shape, e.g. 'two red circles on a gray "
-                         f"background' ({_choices('shapes', SHAPES)})")
+                          f"background' ({_choices('shapes', SHAPES)})")
     words = text.lower().replace(",", " ").replace(".", " ").split()
     for w in words:
         if w not in VOCAB:
             raise PromptError(f"unknown word {w!r} in prompt {text!r}; the vocabulary is: "
-                             f"{', '.join(VOCAB)}")
+                              f"{', '.join(VOCAB)}")
     return words
 
 
@@ -166,7 +166,7 @@ def parse(prompt: str) -> Spec:
     shapes = [w for w in words if w in SHAPES or w in PLURAL.values()]
     if len(shapes) != 1:
         raise PromptError(f"prompt {prompt!r} must name exactly one shape, found "
-                         f"{shapes or 'none'}; {_choices('shapes', SHAPES)}")
+                          f"{shapes or 'none'}; {_choices('shapes', SHAPES)}")
     noun = shapes[0]
     shape = noun if noun in SHAPES else noun[:-1]
     numbers = [NUMBERS[w] for w in words if w in NUMBERS]
@@ -184,7 +184,7 @@ def parse(prompt: str) -> Spec:
         else:
             if color is not None:
                 raise PromptError(f"prompt {prompt!r} names two object colors ({color}, {w}); "
-                                 f"all objects of a scene share one color")
+                                  f"all objects of a scene share one color")
             color = w
     return validate(Spec(shape, count, color, background))
 
