@@ -4,12 +4,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_gpu_preset  # noqa: E402
 import bench_loss  # noqa: E402
+import compare_runs  # noqa: E402
 import count_breakdown  # noqa: E402
 import reward_breakdown  # noqa: E402
 import reward_seeds  # noqa: E402
@@ -60,3 +62,16 @@ def test_bench_loss_says_when_there_is_no_cuda(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench_loss.py"])
     bench_loss.main()
     assert "CUDA not available" in capsys.readouterr().out
+
+
+def test_compare_runs_finds_a_changed_tensor(smoke_run, tmp_path, capsys):
+    assert compare_runs.main([str(smoke_run / "unet"), str(smoke_run / "unet")]) == 0
+    state = torch.load(smoke_run / "unet" / "ckpt.pt", weights_only=True)
+    name = next(iter(state["ema"]))
+    state["ema"][name] = state["ema"][name] + 1
+    state["loss_curve"] = state["loss_curve"][:-1]
+    torch.save(state, tmp_path / "ckpt.pt")
+    capsys.readouterr()
+    assert compare_runs.main([str(smoke_run / "unet"), str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "weights DIFFER (1 tensors)" in out and ".loss_curve" in out
