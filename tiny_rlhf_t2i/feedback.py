@@ -146,7 +146,7 @@ def save_gallery(rows: list[dict], images, path, per_row: int = 4, scale: int = 
     label's reason, so a person can see *why* an image is bad."""
     font = ImageFont.load_default()
     side = images.shape[1] * scale
-    cell_w, text_h = max(side, 200), 4 * 11  # four lines of the ~6x11 px default font
+    cell_w, text_h = max(side, 220), 5 * 11  # five lines of the ~6x11 px default font
     cells = []  # one row per (category, label)
     for c in CATEGORIES:
         for lab in (1, 0):
@@ -161,6 +161,6 @@ def save_gallery(rows: list[dict], images, path, per_row: int = 4, scale: int = 
             verdict = f"{rows[i]['category']}: {'good' if rows[i]['label'] else 'bad'}"
             draw.text((left + side + 4, top + 2), verdict, fill="black", font=font)
             text = textwrap.wrap(f"{rows[i]['prompt']}: {rows[i].get('reason', '')}",
-                                 cell_w // 6)[:4]
+                                 cell_w // 6)[:5]
             draw.multiline_text((left, top + side + 2), "\n".join(text), fill="black", font=font)
     save_image(grid, path)
