@@ -16,7 +16,9 @@ def alignment_bars(metrics: dict[str, dict], path, height: int = 260) -> None:
     bar, gap, left, top, bottom = 9, 14, 34, 24, 34
     group_w = bar * len(names) + gap
     width = left + group_w * len(GROUPS) + 10
-    img = Image.new("RGB", (width, top + height + bottom + 14 * ((len(names) + 3) // 4)), "white")
+    per_line = max(1, (width - left) // (12 + 6 * max(len(n) for n in names) + 12))  # legend
+    img = Image.new("RGB", (width, top + height + bottom + 14 * -(-len(names) // per_line)),
+                    "white")
     draw, font = ImageDraw.Draw(img), ImageFont.load_default()
     y = lambda frac: top + height * (1 - frac)  # fraction in [0, 1] -> pixel row
     for tick in range(0, 101, 20):
@@ -32,8 +34,9 @@ def alignment_bars(metrics: dict[str, dict], path, height: int = 260) -> None:
             mid = x + (bar - 2) // 2
             draw.line([(mid, y(ci["hi"])), (mid, y(ci["lo"]))], fill="black")
         draw.text((x0, y(0) + 4), group[:11], fill="black", font=font)
-    for m, name in enumerate(names):  # legend, four models a line
-        lx, ly = left + (m % 4) * 130, top + height + bottom - 8 + 14 * (m // 4)
+    for m, name in enumerate(names):
+        lx = left + (m % per_line) * (width - left) // per_line
+        ly = top + height + bottom - 8 + 14 * (m // per_line)
         draw.rectangle([lx, ly + 2, lx + 8, ly + 10], fill=COLORS[m])
         draw.text((lx + 12, ly), name, fill="black", font=font)
     save_image(img, path)
