@@ -13,7 +13,8 @@ def alignment_bars(metrics: dict[str, dict], path, height: int = 260) -> None:
     """Grouped bars: gold-judge alignment of each model per category and split, with its 95%
     interval as a whisker. metrics: {model name: evaluation metrics with "alignment"}."""
     names = list(metrics)[:len(COLORS)]
-    bar, gap, left, top, bottom = 9, 14, 34, 24, 34
+    gap, left, top, bottom = 14, 34, 24, 34
+    bar = max(9, (72 - gap) // len(names))  # a group is at least as wide as its label
     group_w = bar * len(names) + gap
     width = left + group_w * len(GROUPS) + 10
     per_line = max(1, (width - left) // (12 + 6 * max(len(n) for n in names) + 12))  # legend
