@@ -35,7 +35,8 @@ from tiny_rlhf_t2i.config import UserError, check_range, parse_config, require, 
 from tiny_rlhf_t2i.diffusion import to_model_space
 from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, alignment_table, eval_records, generate,
                                     sample_grid_rows, score, win_rate)
-from tiny_rlhf_t2i.feedback import collect, feedback_records, load_labeled, load_rows
+from tiny_rlhf_t2i.feedback import (collect, feedback_records, load_labeled, load_rows,
+                                    read_rows)
 from tiny_rlhf_t2i.fidelity import (clean_references, diversity, feature_net, features,
                                     frechet_distance)
 from tiny_rlhf_t2i.files import (atomic_write_text, check_writable, pick_device, save_grid,
@@ -145,8 +146,8 @@ def build_d_model(cfg: FinetuneConfig, pretrained, reward, device) -> DModel:
     collect(pretrained, fb / "unlabeled", records, flip_rate=0.0, labeler="none",
             num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
     u_rows, u_images = load_rows(fb / "unlabeled", "samples.jsonl", "python finetune.py")
-    judged = {r["id"]: r["judge_good"] for r in load_rows(fb / "train", "samples.jsonl",
-                                                         made_by)[0]}
+    judged = {r["id"]: r["judge_good"]  # the rows only: their images are loaded above
+              for r in read_rows(fb / "train" / "samples.jsonl", made_by)}
     unknown = [r["id"] for r in rows if r["id"] not in judged]
     if unknown:
         raise UserError(f"{fb / 'train' / 'labels.jsonl'} labels images that are not in "
@@ -192,7 +193,6 @@ def finetune(name: str, run: Run, pretrained, pre: dict, d_model: DModel, cfg: F
         return Batch(x0.to(device, memory_format=torch.channels_last), ids.to(device),
                      weights.to(device), n_model)
 
-    torch.manual_seed(cfg.seed)
     model = copy.deepcopy(pretrained).to(device, memory_format=torch.channels_last)
     carry = {"model_config": dataclasses.asdict(pretrained.cfg), "config": pre}  # tune again
     ema_model, curve, _ = train(model, cfg, make_batch, out / "ckpt.pt", f"finetune {name}",

@@ -95,6 +95,8 @@ def read_rows(path, made_by: str, check=None) -> list[dict]:
     """files.read_jsonl, with a bad line reported in one line that says how to recover."""
     try:
         return read_jsonl(path, check)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; run `{made_by}` first") from None
     except ValueError as e:
         raise UserError(f"{e}; fix or delete the line, or delete the file and run "
                         f"`{made_by}` again") from None
