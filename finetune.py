@@ -8,21 +8,30 @@
    stage 0 (train_loop.py). One change to the paper, on by default (--balance false undoes
    it): the weights are rescaled so that prompts the model rarely gets right ("three ...")
    keep their share of D_model (losses.balance_groups).
-3. Two more runs make the result honest: the *control* (the same steps and optimizer on D_pre
-   alone: whatever it gains is extra training, not feedback) and *gold* (the judge's labels as
-   weights: a perfect reward model, the ceiling of the method).
-4. Evaluate pretrained, fine-tuned, control and gold on the same prompts, seeds and sampler
-   noise with the gold judge: alignment, fidelity (well-formed rate, FD), win rate, diversity,
-   and the best-of-n baseline; write summary.md, metrics.json, a before/after grid and a plot
-   of alignment per category.
+3. Rounds of feedback (our extension; the paper names online feedback as its next step): in
+   round k >= 2 the current model is sampled afresh on the feedback prompts, stage 1's labeler
+   labels a budget of those samples, the reward is trained again on every label so far, and
+   the model is fine-tuned again with Eq. 2 on its new samples. The model's own samples teach
+   only the high-noise timesteps (--model_t_min, train_loop.step_loss): what to draw, not how
+   to draw it. `--rounds 1 --model_t_min 0` (the run `paper`) is the paper's method.
+4. Two more runs make the result honest: the *control* (the same steps, rounds and optimizer on
+   D_pre alone: whatever it gains is extra training, not feedback) and *gold* (the judge's
+   verdicts as weights: a perfect reward model, the ceiling of the method).
+5. Evaluate every round of every run on the same prompts, seeds and sampler noise with the gold
+   judge: alignment, fidelity (well-formed rate, FD), mean reward (the over-optimization curve),
+   count per number, win rate, diversity, and the best-of-n baseline; write summary.md,
+   metrics.json, a before/after grid, a plot of alignment per category and one per round.
 
     python finetune.py                                   # after train_reward.py
-    python finetune.py --runs labeled_only,labeled_unlabeled_beta0,feedback,unbalanced,beta1 \\
-        --steps 750 --eval_samples_per_prompt 8 --best_of_n 1 --out_dir runs/ablation  # Table 3
+    python finetune.py --runs paper,control --rounds 1 --model_t_min 0  # the paper's method
+    python finetune.py --runs labeled_only,labeled_unlabeled_beta0,paper,unbalanced,beta1 \\
+        --rounds 1 --model_t_min 0 --steps 750 --eval_samples_per_prompt 8 --best_of_n 1 \\
+        --out_dir runs/ablation  # the paper's Table 3
 """
 import copy
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -32,19 +41,19 @@ from tqdm import tqdm
 
 from tiny_rlhf_t2i import seeds
 from tiny_rlhf_t2i.config import UserError, check_range, parse_config, require, run
-from tiny_rlhf_t2i.diffusion import to_model_space
-from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, alignment_table, eval_records, generate,
-                                    sample_grid_rows, score, win_rate)
+from tiny_rlhf_t2i.diffusion import NUM_TRAIN_TIMESTEPS, to_model_space
+from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, alignment_table, count_breakdown, eval_records,
+                                    generate, sample_grid_rows, score, win_rate)
 from tiny_rlhf_t2i.feedback import (collect, feedback_records, load_labeled, load_rows,
                                     read_rows)
 from tiny_rlhf_t2i.fidelity import (clean_references, diversity, feature_net, features,
                                     frechet_distance)
-from tiny_rlhf_t2i.files import (atomic_write_text, check_writable, pick_device, save_grid,
-                                 write_metrics)
+from tiny_rlhf_t2i.files import (atomic_write_text, check_writable, pick_device, save_checkpoint,
+                                 save_grid, write_metrics)
 from tiny_rlhf_t2i.kernels import BACKENDS, resolve_loss_backend
 from tiny_rlhf_t2i.losses import balance_groups, eq2_weights
-from tiny_rlhf_t2i.plots import alignment_bars
-from tiny_rlhf_t2i.reward import load_reward
+from tiny_rlhf_t2i.plots import alignment_bars, round_curves
+from tiny_rlhf_t2i.reward import RewardTrainConfig, load_reward, load_stage2, train_reward_model
 from tiny_rlhf_t2i.text import encode
 from tiny_rlhf_t2i.train_loop import Batch, LoopConfig, drop_captions, train, web_batch
 from tiny_rlhf_t2i.unet import load_model
@@ -58,11 +67,14 @@ class Run:
     unlabeled: bool = True  # D_model holds the unlabeled samples too (the labeled ones always)
     beta: float | None = None  # weight of the pretraining loss (None: --beta)
     balance: bool | None = None  # rescale weights per prompt group (None: --balance)
+    rounds: int | None = None  # rounds of feedback (None: --rounds)
+    t_min: int | None = None  # own samples teach timesteps >= t_min (None: --model_t_min)
 
 
 RUNS = {
-    "feedback": Run("reward"),  # the paper's method
-    "control": Run(None),  # same steps, D_pre only: extra training without feedback
+    "feedback": Run("reward"),  # the method: rounds of feedback, own samples at high noise
+    "paper": Run("reward", rounds=1, t_min=0),  # the paper's method: one offline round
+    "control": Run(None),  # same steps and rounds, D_pre only: extra training without feedback
     "gold": Run("gold"),  # a perfect reward model: the ceiling of the method
     "unbalanced": Run("reward", balance=False),  # plain Eq. 2 weights
     # The paper's Table 3: labeled only; + unlabeled; + pretraining loss (= feedback); beta.
@@ -83,11 +95,14 @@ class FinetuneConfig(LoopConfig):
     feedback_dir: str = "data/feedback"  # stage 1 feedback sets; unlabeled samples go here too
     out_dir: str = "runs/finetune"  # run folder: one sub-folder per run, summary.md, grids
     runs: str = "feedback,control,gold"  # fine-tuning runs, comma-separated (RUNS in finetune.py)
-    unlabeled_per_category: int = 1000  # unlabeled samples per category (paper: 16K in all)
+    rounds: int = 2  # rounds of feedback, each on fresh samples of the current model (1: paper)
+    model_t_min: int = 500  # own samples teach timesteps >= this only (0: every t, the paper)
+    labels_per_round: int = 500  # new labels by stage 1's labeler in each round after the first
+    unlabeled_per_category: int = 1000  # own samples per category and round (paper: 16K in all)
     beta: float = 0.1  # weight of the pretraining loss, Eq. 2 (paper: 1; see docs/results.md)
     model_fraction: float = 0.5  # fraction of each batch from D_model (paper: half)
     balance: bool = True  # rescale weights per (category, number) group (losses.balance_groups)
-    steps: int = 1500  # fine-tuning steps per run (the control trains as long)
+    steps: int = 1000  # fine-tuning steps per run, split evenly over its rounds
     batch_size: int = 128  # images per step, D_model and D_pre together
     lr: float = 5e-4  # peak AdamW learning rate (warmup, then cosine decay to 0)
     warmup_steps: int = 50  # linear warmup steps
@@ -111,19 +126,36 @@ class FinetuneConfig(LoopConfig):
         check_range(self, "model_fraction", 0, 1, open_lo=True)
         check_range(self, "p_uncond", 0, 1, open_hi=True)
         check_range(self, "beta unlabeled_per_category guidance_scale threads", 0)
+        check_range(self, "rounds", 1)
+        check_range(self, "model_t_min", 0, NUM_TRAIN_TIMESTEPS, open_hi=True)
+        check_range(self, "labels_per_round", 0, 4 * self.unlabeled_per_category)
+        require(self.steps >= self.rounds, f"--steps ({self.steps}) must be at least --rounds "
+                f"({self.rounds}): the steps are split over the rounds")
         check_range(self, "best_of_n eval_samples_per_prompt num_inference_steps fd_net_steps", 1)
 
 
 PRESETS = {
     "smoke": dict(unet_dir="runs/smoke/unet", reward_dir="runs/smoke/reward",
                   feedback_dir="runs/smoke/feedback", out_dir="runs/smoke/finetune",
-                  unlabeled_per_category=8, steps=10, batch_size=16, num_inference_steps=5,
+                  unlabeled_per_category=8, labels_per_round=8, steps=10, rounds=2,
+                  batch_size=16, num_inference_steps=5,
                   eval_samples_per_prompt=1, best_of_n=2, warmup_steps=2, fd_net_steps=30),
     "cpu": dict(),
     "gpu": dict(unet_dir="runs/gpu/unet", reward_dir="runs/gpu/reward",
                 feedback_dir="data/feedback_gpu", out_dir="runs/gpu/finetune",
                 unlabeled_per_category=4000, steps=5000, batch_size=256, best_of_n=16),
 }
+
+
+@dataclasses.dataclass
+class Inputs:
+    """What stages 0-2 made, loaded and checked before any work is done."""
+    pretrained: torch.nn.Module  # stage 0's model (EMA weights)
+    pre: dict  # stage 0's config: D_pre is its web corpus
+    reward: torch.nn.Module  # stage 2's reward model r_phi
+    clip: torch.nn.Module  # our CLIP, to train the reward again in later rounds
+    stage2: dict  # stage 2's config: the reward's training settings, stage 1's flip rate
+    stage1: tuple  # the labeled feedback set (load_feedback): rows, images, judge verdicts
 
 
 @dataclasses.dataclass
@@ -137,21 +169,24 @@ class DModel:
     group: list[str]  # "category/count" of each prompt (losses.balance_groups)
 
 
-def build_d_model(cfg: FinetuneConfig, pretrained, reward, device) -> DModel:
-    """Sample the unlabeled set (once, resumable), score every image with the reward."""
-    fb = Path(cfg.feedback_dir)
-    made_by = f"python train_reward.py --preset {cfg.preset}"
-    rows, images = load_labeled(fb / "train", made_by)
-    records = feedback_records("seen", cfg.unlabeled_per_category, cfg.seed + seeds.UNLABELED)
-    collect(pretrained, fb / "unlabeled", records, flip_rate=0.0, labeler="none",
-            num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
-    u_rows, u_images = load_rows(fb / "unlabeled", "samples.jsonl", "python finetune.py")
+def load_feedback(folder: Path, made_by: str) -> tuple[list[dict], np.ndarray, dict]:
+    """A labeled feedback folder: its label rows, their images (N, H, W, 3) uint8, and the
+    judge's verdict of each image by id (from samples.jsonl: gold weights)."""
+    rows, images = load_labeled(folder, made_by)
     judged = {r["id"]: r["judge_good"]  # the rows only: their images are loaded above
-              for r in read_rows(fb / "train" / "samples.jsonl", made_by)}
+              for r in read_rows(folder / "samples.jsonl", made_by)}
     unknown = [r["id"] for r in rows if r["id"] not in judged]
     if unknown:
-        raise UserError(f"{fb / 'train' / 'labels.jsonl'} labels images that are not in "
+        raise UserError(f"{folder / 'labels.jsonl'} labels images that are not in "
                         f"its samples.jsonl ({unknown[:3]}); run `{made_by}` again")
+    return rows, images, judged
+
+
+def load_d_model(labeled: tuple, unlabeled: Path, reward, device) -> DModel:
+    """D_model from a labeled feedback set (load_feedback) and an unlabeled folder, every image
+    scored by the reward r."""
+    rows, images, judged = labeled
+    u_rows, u_images = load_rows(unlabeled, "samples.jsonl", "python finetune.py")
     all_rows, all_images = rows + u_rows, np.concatenate([images, u_images])
     prompts = [r["prompt"] for r in all_rows]
     return DModel(x=to_model_space(all_images), ids=encode(prompts),
@@ -162,12 +197,58 @@ def build_d_model(cfg: FinetuneConfig, pretrained, reward, device) -> DModel:
                   group=[f"{r['category']}/{parse(r['prompt']).count}" for r in all_rows])
 
 
-def finetune(name: str, run: Run, pretrained, pre: dict, d_model: DModel, cfg: FinetuneConfig,
+def build_d_model(cfg: FinetuneConfig, inputs: Inputs, device) -> DModel:
+    """Round 1's D_model (the paper's): stage 1's labeled set plus unlabeled samples of the
+    pretrained model (sampled once, resumable), every image scored by the reward."""
+    fb = Path(cfg.feedback_dir)
+    records = feedback_records("seen", cfg.unlabeled_per_category, cfg.seed + seeds.UNLABELED)
+    collect(inputs.pretrained, fb / "unlabeled", records, flip_rate=0.0, labeler="none",
+            num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
+    return load_d_model(inputs.stage1, fb / "unlabeled", inputs.reward, device)
+
+
+def next_round_d_model(folder: Path, k: int, run: Run, model, labels: list, cfg: FinetuneConfig,
+                       inputs: Inputs, reward, device):
+    """D_model of round k >= 2: fresh samples of the current model on the seen feedback prompts;
+    stage 1's labeler labels cfg.labels_per_round of them (appended to `labels`, every label so
+    far); a reward run trains the reward again on all of them (Eq. 1, stage 2's settings).
+    Returns (D_model, the reward that scored it)."""
+    records = feedback_records("seen", cfg.unlabeled_per_category,
+                               seeds.round_seed(cfg.seed, k) + seeds.UNLABELED)
+    picked = set((np.arange(cfg.labels_per_round) * len(records)) // max(1, cfg.labels_per_round)
+                 if cfg.labels_per_round else [])  # evenly over the four categories
+    stage2 = inputs.stage2
+    sampling = dict(num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
+    collect(model, folder / "labeled", [r for i, r in enumerate(records) if i in picked],
+            flip_rate=stage2["flip_rate"], **sampling)
+    collect(model, folder / "unlabeled", [r for i, r in enumerate(records) if i not in picked],
+            flip_rate=0.0, labeler="none", **sampling)
+    labeled = load_feedback(folder / "labeled", "python finetune.py")
+    labels.append(labeled[:2])
+    if run.weights == "reward" and cfg.labels_per_round:
+        path = folder / "reward.pt"
+        if cfg.resume and path.exists():
+            reward = load_reward(folder, "python finetune.py")
+        else:
+            names = {f.name for f in dataclasses.fields(RewardTrainConfig)}
+            rcfg = RewardTrainConfig(**{**{n: stage2[n] for n in names},
+                                        "seed": seeds.round_seed(stage2["seed"], k)})
+            rows = [r for rs, _ in labels for r in rs]
+            images = np.concatenate([im for _, im in labels])  # (N, H, W, 3) every label so far
+            reward = train_reward_model(inputs.clip.to(device), rows, images, rcfg, stage2["lam"],
+                                        device)
+            save_checkpoint(path, {"model": reward.state_dict(), "lam": stage2["lam"],
+                                   "clip_config": dataclasses.asdict(inputs.clip.cfg),
+                                   "config": stage2})
+    return load_d_model(labeled, folder / "unlabeled", reward, device), reward
+
+
+def finetune(folder: Path, run: Run, start, pre: dict, d_model: DModel, cfg: FinetuneConfig,
              device, mse):
-    """One fine-tuning run of Eq. 2 from the pretrained weights (pre: stage 0's config, whose
-    web corpus is D_pre); returns its EMA model."""
-    out = Path(cfg.out_dir) / name
+    """One fine-tuning run of Eq. 2 from the weights of `start` (pre: stage 0's config, whose
+    web corpus is D_pre), checkpointed in folder. Returns (EMA model, finished)."""
     beta = cfg.beta if run.beta is None else run.beta
+    t_min = cfg.model_t_min if run.t_min is None else run.t_min
     n_model = 0 if run.weights is None else round(cfg.batch_size * cfg.model_fraction)
     if n_model:
         keep = d_model.labeled | run.unlabeled  # (N,) bool
@@ -191,14 +272,94 @@ def finetune(name: str, run: Run, pretrained, pre: dict, d_model: DModel, cfg: F
         # that move (its artifacts too) would come out s times larger.
         drop_captions(ids, rng, cfg.p_uncond)
         return Batch(x0.to(device, memory_format=torch.channels_last), ids.to(device),
-                     weights.to(device), n_model)
+                     weights.to(device), n_model, t_min)
 
-    model = copy.deepcopy(pretrained).to(device, memory_format=torch.channels_last)
-    carry = {"model_config": dataclasses.asdict(pretrained.cfg), "config": pre}  # tune again
-    ema_model, curve, _ = train(model, cfg, make_batch, out / "ckpt.pt", f"finetune {name}",
-                                carry, mse)
-    atomic_write_text(out / "loss_curve.json", json.dumps(curve))
-    return ema_model
+    model = copy.deepcopy(start).to(device, memory_format=torch.channels_last)
+    model.requires_grad_(True)  # start may be an EMA copy, whose weights are frozen
+    carry = {"model_config": dataclasses.asdict(start.cfg), "config": pre}  # tune again
+    ema_model, curve, finished = train(model, cfg, make_batch, folder / "ckpt.pt",
+                                       f"finetune {folder.parent.name}/{folder.name}", carry, mse)
+    if finished:
+        atomic_write_text(folder / "loss_curve.json", json.dumps(curve))
+    return ema_model, finished
+
+
+def run_rounds(name: str, run: Run, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, device,
+               mse, evaluator):
+    """The rounds of one run (one round: the paper's method), each evaluated. Round k lives in
+    out_dir/name/round{k}: its samples, labels, reward, checkpoint and evaluation. --stop_after
+    counts the run's steps over all rounds. Returns (model, metrics, goods, one curve point per
+    round), or None if --stop_after stopped it."""
+    rounds = run.rounds or cfg.rounds
+    per_round = cfg.steps // rounds
+    model, reward, points = inputs.pretrained, inputs.reward, []
+    labels = [inputs.stage1[:2]]  # every label so far, as (rows, images): stage 1's, each round's
+    for k in range(1, rounds + 1):
+        folder = Path(cfg.out_dir) / name / f"round{k}"
+        left = cfg.stop_after - (k - 1) * per_round  # steps left before --stop_after
+        if cfg.stop_after and left <= 0:
+            return None
+        if not cfg.resume:  # the samples of an earlier run's model must not be reused
+            for sub in ("labeled", "unlabeled"):
+                shutil.rmtree(folder / sub, ignore_errors=True)
+        rcfg = dataclasses.replace(cfg, seed=seeds.round_seed(cfg.seed, k), steps=per_round,
+                                   stop_after=left if cfg.stop_after and left < per_round else 0)
+        if run.weights is not None and k > 1:
+            d_model, reward = next_round_d_model(folder, k, run, model, labels, rcfg, inputs,
+                                                 reward, device)
+        model, finished = finetune(folder, run, model, inputs.pre, d_model, rcfg, device, mse)
+        if not finished:
+            return None
+        metrics, goods, _ = evaluator.model(model, f"{name}/round{k}",
+                                            folder / "eval.json" if cfg.resume else None,
+                                            folder / "eval.json")
+        points.append({"round": k, "steps": k * per_round, **curve_point(metrics)})
+    return model, metrics, goods, points
+
+
+def curve_point(m: dict) -> dict:
+    """What the over-optimization curve follows: the reward against the gold judge."""
+    return {"reward": m["reward"], "alignment": m["alignment"]["overall"]["mean"],
+            **{g: m["alignment"][g]["mean"] for g in ("seen", "unseen", "count")},
+            "well_formed": m["well_formed"]["mean"], "fd": m["fd"],
+            "count_breakdown": m["count_breakdown"]}
+
+
+class Evaluator:
+    """Every model on the same prompts, seeds and sampler noise, judged by the gold judge:
+    alignment, well-formed, FD, diversity, count per number, and the mean reward of stage 2's
+    reward model (which rises while the gold alignment falls when the reward is exploited)."""
+
+    def __init__(self, cfg: FinetuneConfig, resolution: int, reward):
+        self.cfg, self.reward = cfg, reward
+        self.records = eval_records(cfg.eval_samples_per_prompt)
+        self.fnet = feature_net(resolution, cache_dir=Path(cfg.out_dir).parent / "fd",
+                                steps=cfg.fd_net_steps)
+        self.ref_feats = features(self.fnet, clean_references(self.records, resolution))
+
+    def images(self, images: np.ndarray) -> tuple[dict, list[bool]]:
+        m, goods, reasons = score(images, self.records)
+        f = features(self.fnet, images)
+        m["fd"], m["diversity"] = frechet_distance(f, self.ref_feats), diversity(f, self.records)
+        m["reward"] = float(self.reward.score(images, [r["prompt"] for r in self.records]).mean())
+        m["count_breakdown"] = count_breakdown(self.records, goods, reasons)
+        return m, goods
+
+    def model(self, model, desc: str, cached: Path | None = None, save: Path | None = None):
+        """(metrics, goods, images) of a model's samples; read from `cached` if it exists (a
+        resumed run; images None), written to `save`."""
+        if cached is not None and cached.exists():
+            saved = json.loads(cached.read_text())
+            return saved["metrics"], saved["goods"], None
+        chunks = range(0, len(self.records), 256)  # the samples do not depend on the chunking
+        images = np.concatenate([generate(model, self.records[i:i + 256],
+                                          self.cfg.num_inference_steps, self.cfg.guidance_scale)
+                                 for i in tqdm(chunks, desc=f"evaluate {desc}",
+                                               dynamic_ncols=True)])
+        m, goods = self.images(images)
+        if save is not None:
+            atomic_write_text(save, json.dumps({"metrics": m, "goods": goods}))
+        return m, goods, images
 
 
 def best_of_n(pretrained, reward, records: list[dict], first: np.ndarray,
@@ -215,37 +376,6 @@ def best_of_n(pretrained, reward, records: list[dict], first: np.ndarray,
     return np.stack([cands[k][i] for i, k in enumerate(logits.argmax(0).tolist())])
 
 
-def evaluate(models: dict, pretrained, reward, cfg: FinetuneConfig) -> dict:
-    """Every model on the same prompts, seeds and sampler noise, judged by the gold judge:
-    alignment, well-formed, FD and diversity; win rates vs the pretrained model and the control."""
-    records = eval_records(cfg.eval_samples_per_prompt)
-    res = pretrained.cfg.resolution
-    fnet = feature_net(res, cache_dir=Path(cfg.out_dir).parent / "fd", steps=cfg.fd_net_steps)
-    ref_feats = features(fnet, clean_references(records, res))
-
-    def judge_images(images):
-        m, goods, _ = score(images, records)
-        f = features(fnet, images)
-        m["fd"], m["diversity"] = frechet_distance(f, ref_feats), diversity(f, records)
-        return m, goods
-
-    metrics, goods, first = {}, {}, None
-    for name, model in tqdm(models.items(), desc="evaluate", dynamic_ncols=True):
-        images = generate(model, records, cfg.num_inference_steps, cfg.guidance_scale)
-        first = images if name == "pretrained" else first
-        metrics[name], goods[name] = judge_images(images)
-    if cfg.best_of_n > 1:
-        name = f"best_of_{cfg.best_of_n}"
-        metrics[name], goods[name] = judge_images(best_of_n(pretrained, reward, records, first,
-                                                            cfg))
-    for name in metrics:
-        if name != "pretrained":
-            metrics[name]["win_rate_vs_pretrained"] = win_rate(goods[name], goods["pretrained"])
-        if name not in ("pretrained", "control") and "control" in goods:
-            metrics[name]["win_rate_vs_control"] = win_rate(goods[name], goods["control"])
-    return metrics
-
-
 def main(argv=None):
     cfg = parse_config(FinetuneConfig, PRESETS, argv)
     device = pick_device(cfg.device, cfg.threads)
@@ -254,21 +384,43 @@ def main(argv=None):
     t0 = time.time()
 
     # ---- Load what the earlier stages made (each missing file names the command that makes it).
+    made_by = f"python train_reward.py --preset {cfg.preset}"
     pretrained, pre = load_model(Path(cfg.unet_dir) / "ckpt.pt",
                                  f"python train_unet.py --preset {cfg.preset}")
     # channels_last: the convolutions run faster on CPU; same math.
     pretrained = pretrained.to(device, memory_format=torch.channels_last)
-    reward = load_reward(Path(cfg.reward_dir), f"python train_reward.py --preset {cfg.preset}")
+    reward = load_reward(Path(cfg.reward_dir), made_by)
+    inputs = Inputs(pretrained, pre, reward, *load_stage2(cfg.reward_dir, made_by),
+                    load_feedback(Path(cfg.feedback_dir) / "train", made_by))
+    evaluator = Evaluator(cfg, pretrained.cfg.resolution, reward)
+    metrics, goods, first = evaluator.model(pretrained, "pretrained",
+                                            save=out / "pretrained_eval.json")
+    metrics, goods = {"pretrained": metrics}, {"pretrained": goods}
+    start = {"round": 0, "steps": 0, **curve_point(metrics["pretrained"])}
 
-    # ---- D_model (labeled + unlabeled, scored by r), then one fine-tuning run per name.
-    d_model = build_d_model(cfg, pretrained, reward, device)
-    models = {"pretrained": pretrained}
+    # ---- Round 1's D_model (labeled + unlabeled, scored by r), then each run's rounds.
+    d_model = build_d_model(cfg, inputs, device)
+    models, curves = {"pretrained": pretrained}, {}
     for name in cfg.runs.split(","):
-        models[name] = finetune(name, RUNS[name], pretrained, pre, d_model, cfg, device, mse)
+        result = run_rounds(name, RUNS[name], inputs, d_model, cfg, device, mse, evaluator)
+        if result is None:
+            print(f"stopped by --stop_after in run {name}; the same command with --resume true "
+                  f"goes on from there")
+            return
+        models[name], metrics[name], goods[name], points = result
+        curves[name] = [start] + points
     train_s = time.time() - t0
 
-    # ---- Evaluate, then report: tables, a before/after grid, a plot, metrics.json.
-    metrics = evaluate(models, pretrained, reward, cfg)
+    # ---- The best-of-n baseline and win rates, then the report: tables, grids, plots.
+    if cfg.best_of_n > 1:
+        name = f"best_of_{cfg.best_of_n}"
+        metrics[name], goods[name] = evaluator.images(best_of_n(pretrained, reward,
+                                                                evaluator.records, first, cfg))
+    for name in metrics:
+        if name != "pretrained":
+            metrics[name]["win_rate_vs_pretrained"] = win_rate(goods[name], goods["pretrained"])
+        if name not in ("pretrained", "control") and "control" in goods:
+            metrics[name]["win_rate_vs_control"] = win_rate(goods[name], goods["control"])
     main_run = next((r for r in ("feedback", "gold") if r in models), cfg.runs.split(",")[0])
     rows_before, rows_after = (sample_grid_rows(m, GRID_PROMPTS, 6, cfg.num_inference_steps,
                                                 cfg.guidance_scale)
@@ -277,21 +429,26 @@ def main(argv=None):
               [f"{tag}: {p}" for p in GRID_PROMPTS for tag in ("before", "after")],
               out / "before_after.png")
     alignment_bars(metrics, out / "alignment.png")
+    round_curves(curves, out / "rounds.png")
+    n_labels = {name: len(inputs.stage1[0]) + ((RUNS[name].rounds or cfg.rounds) - 1)
+                * cfg.labels_per_round for name in curves if RUNS[name].weights == "reward"}
     result = {"before": metrics["pretrained"], "after": metrics[main_run], "models": metrics,
-              "seconds": round(time.time() - t0), "train_seconds": round(train_s),
-              "config": dataclasses.asdict(cfg)}
+              "rounds": curves, "labels": n_labels, "seconds": round(time.time() - t0),
+              "train_seconds": round(train_s), "config": dataclasses.asdict(cfg)}
     result["win_rate"] = metrics[main_run].get("win_rate_vs_pretrained")
     if "control" in metrics:
         result["control"] = metrics["control"]
-    write_metrics(out, result, report_md(metrics, cfg, main_run, result["seconds"]))
+    write_metrics(out, result, report_md(metrics, curves, n_labels, cfg, main_run,
+                                         result["seconds"]))
     print((out / "summary.md").read_text())
     print(f"report: {out / 'summary.md'}   grid: {out / 'before_after.png'}   "
-          f"plot: {out / 'alignment.png'}")
+          f"plots: {out / 'alignment.png'}, {out / 'rounds.png'}")
 
 
-def report_md(metrics: dict, cfg: FinetuneConfig, main_run: str, seconds: float) -> str:
+def report_md(metrics: dict, curves: dict, n_labels: dict, cfg: FinetuneConfig, main_run: str,
+              seconds: float) -> str:
     """The results tables: alignment (per category, split), fidelity and win rates, each run's
-    own settings."""
+    own settings; then every round of every run (the over-optimization curve)."""
     pct = lambda r: "-" if r is None else (f"{100 * r['win']:.1f} / {100 * r['tie']:.1f} / "
                                            f"{100 * r['loss']:.1f}")
     lines = [f"# Stage 3: reward-weighted fine-tuning (preset {cfg.preset}, "
@@ -299,15 +456,17 @@ def report_md(metrics: dict, cfg: FinetuneConfig, main_run: str, seconds: float)
              "", f"Main run: `{main_run}`; {cfg.steps} steps per run, batch {cfg.batch_size} "
              f"({cfg.model_fraction:.0%} D_model). Gold-judge alignment with 95% CI "
              f"({cfg.eval_samples_per_prompt} samples per evaluation prompt):", "",
-             alignment_table(metrics), "| model | weights | beta | balanced | FD | diversity "
-             "| win / tie / loss vs pretrained | vs control |", "|---|---|---|---|---|---|---|---|"]
+             alignment_table(metrics), "| model | weights | rounds | t_min | beta | balanced "
+             "| labels | FD | diversity | win / tie / loss vs pretrained | vs control |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in metrics.items():
         run = RUNS.get(name)
-        beta = "-" if run is None or run.weights is None else (cfg.beta if run.beta is None
-                                                                else run.beta)
-        balanced = "-" if run is None or run.weights is None else (
-            cfg.balance if run.balance is None else run.balance)
-        lines.append(f"| {name} | {run.weights if run else '-'} | {beta} | {balanced} | "
+        own = lambda value, default: default if value is None else value  # a run's own setting
+        rounds = "-" if run is None else own(run.rounds, cfg.rounds)
+        tuned = ("-",) * 3 if run is None or run.weights is None else (
+            own(run.t_min, cfg.model_t_min), own(run.beta, cfg.beta), own(run.balance, cfg.balance))
+        lines.append(f"| {name} | {run.weights if run else '-'} | {rounds} | "
+                     + " | ".join(map(str, tuned)) + f" | {n_labels.get(name, '-')} | "
                      f"{m['fd']:.2f} | {m['diversity']:.2f} | "
                      f"{pct(m.get('win_rate_vs_pretrained'))} | "
                      f"{pct(m.get('win_rate_vs_control'))} |")
@@ -317,6 +476,20 @@ def report_md(metrics: dict, cfg: FinetuneConfig, main_run: str, seconds: float)
     for name, m in metrics.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * m['alignment'][g]['mean']:.1f}"
                                                  for g in groups) + " |")
+    lines += ["", "Every round (round 0: the pretrained model). Reward: mean r_phi of stage 2's "
+              "reward on the evaluation samples; count per number: good / asked (bad ones with "
+              "a malformed blob):", "",
+              "| run | round | steps | reward | alignment | seen | unseen | count | well-formed "
+              "| FD | count per number |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, points in curves.items():
+        for p in points:
+            per_number = ", ".join(f"{w} {t['good']}/{t['asked']} ({t['malformed']})"
+                                   for w, t in p["count_breakdown"].items())
+            lines.append(f"| {name} | {p['round']} | {p['steps']} | {p['reward']:.3f} | "
+                         + " | ".join(f"{100 * p[g]:.1f}" for g in ("alignment", "seen",
+                                                                     "unseen", "count",
+                                                                     "well_formed"))
+                         + f" | {p['fd']:.1f} | {per_number} |")
     return "\n".join(lines) + "\n"
 
 

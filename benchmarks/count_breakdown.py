@@ -1,6 +1,6 @@
 """Count prompts broken down by the number asked for, for one or more checkpoints.
 
-    python benchmarks/count_breakdown.py runs/unet/ckpt.pt runs/finetune/gold/ckpt.pt
+    python benchmarks/count_breakdown.py runs/unet/ckpt.pt runs/finetune/gold/round2/ckpt.pt
 
 Uses the evaluation's own count prompts, seeds and sampler (evaluate.eval_records, 16 samples per
 prompt, 25 DDIM steps, guidance 3), so its totals equal the `count` row of the reports. Prints,
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from tiny_rlhf_t2i.evaluate import eval_records, generate, score  # noqa: E402
+from tiny_rlhf_t2i.evaluate import count_breakdown, eval_records, generate, score  # noqa: E402
 from tiny_rlhf_t2i.unet import load_model  # noqa: E402
 
 
@@ -29,17 +29,12 @@ def main(argv=None):
     for path in args.ckpts:
         model = load_model(path)[0].to(memory_format=torch.channels_last)  # as finetune.py samples
         _, goods, reasons = score(generate(model, records, args.steps, 3.0), records)
-        tally = collections.defaultdict(lambda: [0, 0, 0])  # number -> [good, asked, blob]
-        failures = collections.Counter()
-        for r, good, reason in zip(records, goods, reasons):
-            number = r["prompt"].split()[0]
-            tally[number][0] += good
-            tally[number][1] += 1
-            if not good:
-                failures[(number, reason.split("found")[-1].strip())] += 1
-                tally[number][2] += "malformed" in reason
-        print(f"{path}: " + ", ".join(f"{w} {g}/{n} ({b} bad with a malformed blob)"
-                                      for w, (g, n, b) in tally.items())
+        failures = collections.Counter((r["prompt"].split()[0], why.split("found")[-1].strip())
+                                       for r, good, why in zip(records, goods, reasons)
+                                       if not good)
+        print(f"{path}: " + ", ".join(f"{w} {t['good']}/{t['asked']} ({t['malformed']} bad "
+                                      f"with a malformed blob)"
+                                      for w, t in count_breakdown(records, goods, reasons).items())
               + f" (count {sum(goods)}/{len(goods)})")
         for (number, found), k in failures.most_common(4):
             print(f"    asked {number}, found {found}: {k}x")

@@ -15,15 +15,33 @@ import compare_runs  # noqa: E402
 import count_breakdown  # noqa: E402
 import reward_breakdown  # noqa: E402
 import reward_seeds  # noqa: E402
+import rounds_seeds  # noqa: E402
 import train_unet  # noqa: E402
 
 
 def test_count_breakdown(smoke_run, capsys):
     count_breakdown.main([str(smoke_run / "unet" / "ckpt.pt"),
-                          str(smoke_run / "finetune" / "feedback" / "ckpt.pt"),
+                          str(smoke_run / "finetune" / "feedback" / "round2" / "ckpt.pt"),
                           "--samples_per_prompt", "1", "--steps", "3"])
     out = capsys.readouterr().out
     assert out.count("(count ") == 2 and "bad with a malformed blob" in out
+
+
+def test_rounds_seeds_launches_arms_and_tabulates_them(smoke_run, tmp_path, capsys):
+    """Two arms at smoke size, as separate processes, then the table of their evaluations."""
+    root = tmp_path / "rs"
+    rounds_seeds.main(["launch", str(root), "--seeds", "0", "--arms", "feedback,control",
+                       "--labeled", str(smoke_run / "feedback" / "train"),
+                       "--fd", str(smoke_run / "fd"), "--timeout", "600", "--",
+                       "--preset", "smoke", "--unet_dir", str(smoke_run / "unet"),
+                       "--reward_dir", str(smoke_run / "reward")])
+    assert "s0/feedback: exit 0" in capsys.readouterr().out
+    rounds_seeds.main(["table", str(root), "--out", str(tmp_path / "t.json")])
+    out = capsys.readouterr().out
+    assert "| feedback | 1 |" in out and "| control | 1 |" in out and "- feedback (s0): " in out
+    table = json.loads((tmp_path / "t.json").read_text())
+    assert table["s0"]["feedback"]["rounds_done"] == 2 and table["s0"]["feedback"]["finished"]
+    assert len(table["s0"]["control"]["curve"]) == 3  # pretrained and two rounds
 
 
 def test_reward_breakdown(smoke_run, capsys):

@@ -58,8 +58,13 @@ def test_smoke_pipeline_end_to_end(smoke_run):
         assert {"alignment", "well_formed", "fd"} <= set(m3[model])
         assert {"overall", "count", "seen", "unseen"} <= set(m3[model]["alignment"])
     assert set(m3["win_rate"]) >= {"win", "tie", "loss"}
-    for name in ("summary.md", "before_after.png", "alignment.png", "feedback/loss_curve.json"):
+    for name in ("summary.md", "before_after.png", "alignment.png", "rounds.png",
+                 "feedback/round2/loss_curve.json", "feedback/round2/eval.json"):
         assert (tmp_path / "finetune" / name).exists(), name
+    # Rounds: a curve point per round after the pretrained one, and the label budget.
+    assert [p["round"] for p in m3["rounds"]["feedback"]] == [0, 1, 2]
+    assert [p["steps"] for p in m3["rounds"]["control"]] == [0, 5, 10]
+    assert m3["labels"] == {"feedback": 64 + 8}  # stage 1's labels + one round's budget
     assert not (tmp_path / "finetune" / "report.md").exists()  # one report: summary.md
 
 

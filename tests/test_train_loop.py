@@ -69,6 +69,10 @@ def test_drop_captions_replaces_rows_with_the_null_caption():
     (finetune, ["--model_fraction", "0"], "--model_fraction must be in (0, 1], not 0.0"),
     (finetune, ["--beta", "-1"], "--beta must be >= 0, not -1.0"),
     (finetune, ["--runs", "feedback,bogus"], "--runs: unknown run(s) ['bogus']"),
+    (finetune, ["--rounds", "0"], "--rounds must be >= 1, not 0"),
+    (finetune, ["--model_t_min", "1000"], "--model_t_min must be in [0, 1000), not 1000"),
+    (finetune, ["--labels_per_round", "33"], "--labels_per_round must be in [0, 32], not 33"),
+    (finetune, ["--steps", "1", "--rounds", "2"], "--steps (1) must be at least --rounds (2)"),
 ])
 def test_bad_settings_are_refused_in_one_line(script, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

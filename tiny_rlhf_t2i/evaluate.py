@@ -70,6 +70,19 @@ def score(images: np.ndarray, records: list[dict]) -> tuple[dict, list[bool], li
     return metrics, goods, [r for _, r in verdicts]
 
 
+def count_breakdown(records: list[dict], goods: list[bool], reasons: list[str]) -> dict:
+    """The count prompts by the number asked for: {"two": {"good", "asked", "malformed"}, ...},
+    malformed = how many of the bad images hold a blob that is not a clean shape."""
+    out = {}
+    for r, good, reason in zip(records, goods, reasons):
+        if r["category"] == "count":
+            tally = out.setdefault(r["prompt"].split()[0], {"good": 0, "asked": 0, "malformed": 0})
+            tally["good"] += int(good)
+            tally["asked"] += 1
+            tally["malformed"] += int(not good and "malformed" in reason)
+    return out
+
+
 def evaluate_model(model, samples_per_prompt: int, num_inference_steps: int,
                    guidance_scale: float):
     """Sample the fixed evaluation prompts and judge them: (metrics, records, images, goods)."""

@@ -88,6 +88,22 @@ def load_reward(reward_dir, made_by: str, name: str = "reward") -> RewardModel:
     return model.eval()
 
 
+def load_stage2(reward_dir, made_by: str) -> tuple[Clip, dict]:
+    """Our CLIP (clip.pt) and stage 2's config as stored with reward.pt (the reward's training
+    settings and stage 1's flip rate): what training the reward again on more labels needs."""
+    path = Path(reward_dir) / "clip.pt"
+    state = load_checkpoint(path, made_by)
+    if "clip_config" not in state:
+        raise UserError(f"{path} is not a CLIP checkpoint of train_reward.py; run `{made_by}`")
+    clip = Clip(ClipConfig(**state["clip_config"]))
+    clip.load_state_dict(state["model"])
+    reward_state = load_checkpoint(Path(reward_dir) / "reward.pt", made_by)
+    if "config" not in reward_state:
+        raise UserError(f"{Path(reward_dir) / 'reward.pt'} is not a reward model of "
+                        f"train_reward.py; run `{made_by}`")
+    return clip.eval(), {**reward_state["config"], "lam": reward_state["lam"]}
+
+
 @dataclasses.dataclass
 class RewardTrainConfig:
     """How the reward model is trained (Eq. 1); stage 2's config extends it."""

@@ -37,6 +37,10 @@ def step_noise(seed: int, step: int):  # stages 0 and 3: timesteps t and noise e
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+def round_seed(seed: int, k: int) -> int:  # stage 3's round k (k = 1, 2, ...) runs with this seed
+    return seed + 1000 * (k - 1)  # round 1 keeps the run's seed: one round is the paper's run
+
+
 def initial_noise(sample_seed: int):  # x_T of one sample
     return torch.Generator().manual_seed(int(sample_seed))
 
@@ -51,7 +55,7 @@ def label_flip(sample_seed: int):  # whether the simulated person disagrees with
 
 # Feedback sets: image i of the set made with seed s has sample seed s * FEEDBACK_STRIDE + i.
 # Stage 1 makes the training set with the run's seed, the held-out set with seed + HELDOUT, and
-# stage 3 the unlabeled set with seed + UNLABELED, so the three never share an image.
+# stage 3 the set of round k with round_seed(seed, k) + UNLABELED, so no two share an image.
 FEEDBACK_STRIDE = 1_000_000
 HELDOUT, UNLABELED = 1, 2
 

@@ -67,6 +67,7 @@ class Batch:
     ids: torch.Tensor  # (B, L) caption token ids (NULL for dropped captions)
     weights: torch.Tensor  # (B,) per-sample weights: rewards, then beta (stage 0: all 1)
     n_model: int = 0  # how many leading rows come from D_model
+    model_t_min: int = 0  # D_model rows are noised at timesteps in [model_t_min, T) only
 
 
 def caption_noise(pre: dict) -> CaptionNoise:
@@ -94,10 +95,20 @@ def drop_captions(ids: torch.Tensor, rng: np.random.Generator, p_uncond: float) 
 
 # ----------------------------------------------------------------------------- the loop
 def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, mse) -> torch.Tensor:
-    """Eq. 2 on one batch: noise every image at a random timestep, predict the noise, weight."""
+    """Eq. 2 on one batch: noise every image at a random timestep, predict the noise, weight.
+
+    With batch.model_t_min > 0 the D_model rows' timesteps are drawn from [model_t_min, T):
+    Eq. 2's -log p_theta(x | z) is a sum of one denoising term per timestep, and this keeps
+    only the high-noise terms for the model's own samples. Those terms decide *what* is drawn
+    (how many shapes, where, which colour: a count is settled early in the chain); the low-noise
+    terms decide *how* edges and corners look, and are learned from D_pre's clean renders only,
+    so the soft shapes of the model's own samples are not reinforced."""
     x0 = batch.x0
-    t = torch.randint(0, scheduler.num_train_timesteps, (len(x0),), generator=gen)  # (B,)
+    T = scheduler.num_train_timesteps
+    t = torch.randint(0, T, (len(x0),), generator=gen)  # (B,)
     noise = torch.randn(x0.shape, generator=gen)  # (B, 3, H, W), drawn on the CPU: any device
+    if batch.model_t_min and batch.n_model:  # drawn last: with 0 the stream is unchanged
+        t[:batch.n_model] = torch.randint(batch.model_t_min, T, (batch.n_model,), generator=gen)
     t, noise = t.to(x0.device), noise.to(x0.device)
     eps_hat = model(scheduler.add_noise(x0, noise, t), t, batch.ids)
     return finetune_loss(eps_hat, noise, batch.weights, batch.n_model, mse)
