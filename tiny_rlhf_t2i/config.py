@@ -68,6 +68,15 @@ def check_range(cfg, names: str, lo=-math.inf, hi=math.inf, open_lo=False, open_
             raise ConfigError(f"--{name} must be {valid}, not {v}")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, except that a bad command line (an unknown flag, a value of the wrong
+    type) is a ConfigError like any other bad setting: one line and exit code 2 under `run`,
+    instead of argparse's usage block."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
 def _parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -79,8 +88,8 @@ def _parse_bool(text: str) -> bool:
 def parse_config(cls, presets: dict[str, dict], argv=None, description: str | None = None,
                  default_preset: str = "cpu"):
     """Build `cls` from a named preset plus `--field value` overrides. Returns the config."""
-    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip(),
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=description or (cls.__doc__ or "").strip(),
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--preset", default=default_preset, choices=sorted(presets),
                         help="named set of overrides (smoke: CI-sized, cpu: the default laptop "
                              "run, gpu: larger)")
@@ -91,7 +100,8 @@ def parse_config(cls, presets: dict[str, dict], argv=None, description: str | No
         typ = {bool: _parse_bool}.get(f.type, f.type)
         if typ not in (int, float, str, _parse_bool):
             raise TypeError(f"config field {f.name} has unsupported type {f.type}")
-        parser.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name,
+        flags = dict.fromkeys([f"--{f.name}", f"--{f.name.replace('_', '-')}"])  # one if equal
+        parser.add_argument(*flags, dest=f.name,
                             type=typ, default=None, help=comments.get(f.name, ""))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     overrides = dict(presets[args.preset])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .config import UserError, run
+from .config import ArgumentParser, UserError, run
 from .diffusion import sample, to_uint8
 from .files import save_grid
 from .judge import judge
@@ -17,7 +17,7 @@ from .world import parse
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("prompt", help="e.g. 'two red circles on a blue background'")
     ap.add_argument("--ckpt", default="runs/unet/ckpt.pt", help="checkpoint of any stage")
     ap.add_argument("--n", type=int, default=16, help="number of images")
