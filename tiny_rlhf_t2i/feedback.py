@@ -68,6 +68,12 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
             raise UserError(f"{folder} was made with other settings (its image {r['id']} "
                             f"is for {old['prompt']!r}, now asked for {r['prompt']!r}); delete "
                             f"the folder or choose another --feedback_dir")
+    if labeler == "judge":  # a kill between writing samples.jsonl and labels.jsonl
+        labeled = {r["id"] for r in labels}
+        labels += [_judge_label(r, r["judge_good"], r["judge_reason"], flip_rate)
+                   for r in samples if r["id"] not in labeled]
+    if samples and (not labels_path.exists() or len(labels) > len(read_jsonl(labels_path))):
+        write_jsonl(labels_path, labels)  # the rows that were lost with the kill
     todo = [r for r in records if r["id"] not in done]
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=f"sample {folder.name}",
                dynamic_ncols=True)
@@ -80,15 +86,21 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
             sample_row = {**r, "judge_good": good, "judge_reason": reason}
             samples.append(sample_row)
             if labeler == "judge":
-                flip = seeds.label_flip(r["seed"]).random() < flip_rate
-                labels.append({**r, "label": int(good != flip),
-                               "reason": reason + (" (label flipped)" if flip else ""),
-                               "labeler": "judge"})
+                labels.append(_judge_label(r, good, reason, flip_rate))
         write_jsonl(samples_path, samples)  # images first, then the rows that point at them
         write_jsonl(labels_path, labels)
         bar.update(len(part))
     bar.close()
     return labels
+
+
+def _judge_label(record: dict, good: bool, reason: str, flip_rate: float) -> dict:
+    """The labels.jsonl row of the procedural labeler: the judge's verdict, flipped with
+    probability flip_rate (people disagree), the same for a record whatever the run."""
+    flip = seeds.label_flip(record["seed"]).random() < flip_rate
+    row = {k: v for k, v in record.items() if k not in ("judge_good", "judge_reason")}
+    return {**row, "label": int(good != flip),
+            "reason": reason + (" (label flipped)" if flip else ""), "labeler": "judge"}
 
 
 def read_rows(path, made_by: str, check=None) -> list[dict]:

@@ -3,6 +3,7 @@
 Everything a stage writes goes through here, so an interrupted run never leaves a half-written
 file: we write to a temporary file in the same folder and `os.replace` it (atomic on POSIX).
 """
+import io
 import json
 import os
 import pickle
@@ -17,17 +18,28 @@ from .config import UserError
 
 
 def _atomic(path: Path, write) -> Path:
+    """Write through `write(file)` to a temporary file, then rename it over `path`. A full disk
+    or a read-only folder is one line that says what to do; the previous file stays intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        kept = " (the previous one is intact)" if path.exists() else ""
+        raise UserError(f"could not write {path}{kept}: {e.strerror or e}; free disk space or "
+                        f"choose another folder, then run the same command with --resume "
+                        f"true") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
@@ -37,7 +49,11 @@ def atomic_write_text(path, text: str) -> Path:
 
 
 def save_checkpoint(path, state: dict) -> Path:
-    return _atomic(path, lambda f: torch.save(state, f))
+    """torch.save, atomically. Serialized in memory first: torch's own file writer reports a
+    full disk as an internal RuntimeError, a plain write as the OSError that _atomic explains."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return _atomic(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path, made_by: str) -> dict:
