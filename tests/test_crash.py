@@ -116,3 +116,22 @@ def test_stage3_killed_while_renaming_resumes_exactly(smoke_run, tmp_path, kill_
     rc, err = _run([*args("b"), "--resume", "true"])
     assert rc == 0, err
     _compare_folders(tmp_path / "a", tmp_path / "b")
+
+
+def test_a_failed_write_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    """A full disk while saving: one UserError naming the file and what to do; the previous
+    checkpoint is intact and no temporary file is left."""
+    from tiny_rlhf_t2i.config import UserError
+    from tiny_rlhf_t2i.files import save_checkpoint
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(UserError, match=r"could not write .*ckpt.pt \(the previous one is "
+                                        r"intact\): No space left on device; free disk space"):
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
