@@ -8,6 +8,7 @@ inputs that `bad_files` makes before the snapshot of files is taken.
 import json
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(script, argv, message,
                                                           bad_files, tmp_path, capsys):
     argv = [a.format(smoke=smoke_run, tmp=tmp_path, bad=bad_files) for a in argv]
     before = _files(smoke_run, bad_files, tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit) as exit_info, warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be a second line on stderr
         run(script.main, argv)
     captured = capsys.readouterr()
     err = captured.err

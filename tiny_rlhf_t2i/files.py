@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,9 @@ def load_checkpoint(path, made_by: str) -> dict:
     if not path.exists():
         raise UserError(f"{path} does not exist; run `{made_by}` first")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle draws a warning before it is refused
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e):  # a pickled object: unpickling it could run code
             raise UserError(f"{path} holds more than tensors, numbers, strings, lists "
