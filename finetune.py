@@ -37,17 +37,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from tiny_rlhf_t2i import seeds
 from tiny_rlhf_t2i.config import UserError, check_range, parse_config, require, run
 from tiny_rlhf_t2i.diffusion import NUM_TRAIN_TIMESTEPS, to_model_space
-from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, alignment_table, count_breakdown, eval_records,
-                                    generate, sample_grid_rows, score, win_rate)
+from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, Evaluator, alignment_table, generate,
+                                    sample_grid_rows, win_rate)
 from tiny_rlhf_t2i.feedback import (collect, feedback_records, load_labeled, load_rows,
                                     read_rows)
-from tiny_rlhf_t2i.fidelity import (clean_references, diversity, feature_net, features,
-                                    frechet_distance)
 from tiny_rlhf_t2i.files import (atomic_write_text, check_writable, pick_device, save_checkpoint,
                                  save_grid, write_metrics)
 from tiny_rlhf_t2i.kernels import BACKENDS, resolve_loss_backend
@@ -325,43 +322,6 @@ def curve_point(m: dict) -> dict:
             "count_breakdown": m["count_breakdown"]}
 
 
-class Evaluator:
-    """Every model on the same prompts, seeds and sampler noise, judged by the gold judge:
-    alignment, well-formed, FD, diversity, count per number, and the mean reward of stage 2's
-    reward model (which rises while the gold alignment falls when the reward is exploited)."""
-
-    def __init__(self, cfg: FinetuneConfig, resolution: int, reward):
-        self.cfg, self.reward = cfg, reward
-        self.records = eval_records(cfg.eval_samples_per_prompt)
-        self.fnet = feature_net(resolution, cache_dir=Path(cfg.out_dir).parent / "fd",
-                                steps=cfg.fd_net_steps)
-        self.ref_feats = features(self.fnet, clean_references(self.records, resolution))
-
-    def images(self, images: np.ndarray) -> tuple[dict, list[bool]]:
-        m, goods, reasons = score(images, self.records)
-        f = features(self.fnet, images)
-        m["fd"], m["diversity"] = frechet_distance(f, self.ref_feats), diversity(f, self.records)
-        m["reward"] = float(self.reward.score(images, [r["prompt"] for r in self.records]).mean())
-        m["count_breakdown"] = count_breakdown(self.records, goods, reasons)
-        return m, goods
-
-    def model(self, model, desc: str, cached: Path | None = None, save: Path | None = None):
-        """(metrics, goods, images) of a model's samples; read from `cached` if it exists (a
-        resumed run; images None), written to `save`."""
-        if cached is not None and cached.exists():
-            saved = json.loads(cached.read_text())
-            return saved["metrics"], saved["goods"], None
-        chunks = range(0, len(self.records), 256)  # the samples do not depend on the chunking
-        images = np.concatenate([generate(model, self.records[i:i + 256],
-                                          self.cfg.num_inference_steps, self.cfg.guidance_scale)
-                                 for i in tqdm(chunks, desc=f"evaluate {desc}",
-                                               dynamic_ncols=True)])
-        m, goods = self.images(images)
-        if save is not None:
-            atomic_write_text(save, json.dumps({"metrics": m, "goods": goods}))
-        return m, goods, images
-
-
 def best_of_n(pretrained, reward, records: list[dict], first: np.ndarray,
               cfg: FinetuneConfig) -> np.ndarray:
     """The paper's strong baseline: n samples of the pretrained model per record (the first
@@ -392,7 +352,9 @@ def main(argv=None):
     reward = load_reward(Path(cfg.reward_dir), made_by)
     inputs = Inputs(pretrained, pre, reward, *load_stage2(cfg.reward_dir, made_by),
                     load_feedback(Path(cfg.feedback_dir) / "train", made_by))
-    evaluator = Evaluator(cfg, pretrained.cfg.resolution, reward)
+    evaluator = Evaluator(cfg.eval_samples_per_prompt, cfg.num_inference_steps,
+                          cfg.guidance_scale, pretrained.cfg.resolution, reward,
+                          fd_cache=Path(cfg.out_dir).parent / "fd", fd_net_steps=cfg.fd_net_steps)
     metrics, goods, first = evaluator.model(pretrained, "pretrained",
                                             save=out / "pretrained_eval.json")
     metrics, goods = {"pretrained": metrics}, {"pretrained": goods}

@@ -2,13 +2,20 @@
 
 One sample per (prompt, seed); the same prompts, seeds and sampler noise for every model, so two
 models' images of one (prompt, seed) pair can be compared side by side (the paper's win rate).
+`Evaluator` bundles it for stage 3: alignment, fidelity, mean reward and count per number of
+every model and round.
 """
+import json
 import math
+from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from . import seeds
 from .diffusion import sample, to_uint8
+from .fidelity import clean_references, diversity, feature_net, features, frechet_distance
+from .files import atomic_write_text
 from .judge import judge, well_formed
 from .world import CATEGORIES, load_eval_prompts, to_prompt
 
@@ -167,3 +174,41 @@ def win_rate(goods_new, goods_old) -> dict:
     n = len(new)
     return {"win": float((new & ~old).sum() / n), "tie": float((new == old).sum() / n),
             "loss": float((~new & old).sum() / n), "n": n}
+
+
+class Evaluator:
+    """Every model on the same prompts, seeds and sampler noise, judged by the gold judge:
+    alignment, well-formed, FD, diversity, count per number, and the mean reward of a reward
+    model (which rises while the gold alignment falls when the reward is exploited)."""
+
+    def __init__(self, samples_per_prompt: int, num_inference_steps: int, guidance_scale: float,
+                 resolution: int, reward, fd_cache, fd_net_steps: int):
+        self.steps, self.guidance_scale, self.reward = num_inference_steps, guidance_scale, reward
+        self.records = eval_records(samples_per_prompt)
+        self.fnet = feature_net(resolution, cache_dir=fd_cache, steps=fd_net_steps)
+        self.ref_feats = features(self.fnet, clean_references(self.records, resolution))
+
+    def images(self, images: np.ndarray) -> tuple[dict, list[bool]]:
+        """(metrics, goods) of one image per evaluation record."""
+        m, goods, reasons = score(images, self.records)
+        f = features(self.fnet, images)
+        m["fd"], m["diversity"] = frechet_distance(f, self.ref_feats), diversity(f, self.records)
+        m["reward"] = float(self.reward.score(images, [r["prompt"] for r in self.records]).mean())
+        m["count_breakdown"] = count_breakdown(self.records, goods, reasons)
+        return m, goods
+
+    def model(self, model, desc: str, cached: Path | None = None, save: Path | None = None):
+        """(metrics, goods, images) of a model's samples; read from `cached` if it exists (a
+        resumed run; images None), written to `save`."""
+        if cached is not None and cached.exists():
+            saved = json.loads(cached.read_text())
+            return saved["metrics"], saved["goods"], None
+        chunks = range(0, len(self.records), 256)  # the samples do not depend on the chunking
+        images = np.concatenate([generate(model, self.records[i:i + 256], self.steps,
+                                          self.guidance_scale)
+                                 for i in tqdm(chunks, desc=f"evaluate {desc}",
+                                               dynamic_ncols=True)])
+        m, goods = self.images(images)
+        if save is not None:
+            atomic_write_text(save, json.dumps({"metrics": m, "goods": goods}))
+        return m, goods, images
