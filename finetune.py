@@ -307,9 +307,8 @@ def run_rounds(name: str, run: Run, inputs: Inputs, d_model: DModel, cfg: Finetu
         model, finished = finetune(folder, run, model, inputs.pre, d_model, rcfg, device, mse)
         if not finished:
             return None
-        metrics, goods, _ = evaluator.model(model, f"{name}/round{k}",
-                                            folder / "eval.json" if cfg.resume else None,
-                                            folder / "eval.json")
+        metrics, goods, _ = evaluator.model(model, f"{name}/round{k}", folder / "eval.json",
+                                            reuse=cfg.resume)
         points.append({"round": k, "steps": k * per_round, **curve_point(metrics)})
     return model, metrics, goods, points
 
@@ -355,8 +354,7 @@ def main(argv=None):
     evaluator = Evaluator(cfg.eval_samples_per_prompt, cfg.num_inference_steps,
                           cfg.guidance_scale, pretrained.cfg.resolution, reward,
                           fd_cache=Path(cfg.out_dir).parent / "fd", fd_net_steps=cfg.fd_net_steps)
-    metrics, goods, first = evaluator.model(pretrained, "pretrained",
-                                            save=out / "pretrained_eval.json")
+    metrics, goods, first = evaluator.model(pretrained, "pretrained", out / "pretrained_eval.json")
     metrics, goods = {"pretrained": metrics}, {"pretrained": goods}
     start = {"round": 0, "steps": 0, **curve_point(metrics["pretrained"])}
 

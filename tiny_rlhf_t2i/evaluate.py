@@ -197,11 +197,11 @@ class Evaluator:
         m["count_breakdown"] = count_breakdown(self.records, goods, reasons)
         return m, goods
 
-    def model(self, model, desc: str, cached: Path | None = None, save: Path | None = None):
-        """(metrics, goods, images) of a model's samples; read from `cached` if it exists (a
-        resumed run; images None), written to `save`."""
-        if cached is not None and cached.exists():
-            saved = json.loads(cached.read_text())
+    def model(self, model, desc: str, path: Path | None = None, reuse: bool = False):
+        """(metrics, goods, images) of a model's samples, saved to `path`; with reuse, read back
+        from an existing `path` instead (a resumed run; images None)."""
+        if reuse and path is not None and path.exists():
+            saved = json.loads(path.read_text())
             return saved["metrics"], saved["goods"], None
         chunks = range(0, len(self.records), 256)  # the samples do not depend on the chunking
         images = np.concatenate([generate(model, self.records[i:i + 256], self.steps,
@@ -209,6 +209,6 @@ class Evaluator:
                                  for i in tqdm(chunks, desc=f"evaluate {desc}",
                                                dynamic_ncols=True)])
         m, goods = self.images(images)
-        if save is not None:
-            atomic_write_text(save, json.dumps({"metrics": m, "goods": goods}))
+        if path is not None:
+            atomic_write_text(path, json.dumps({"metrics": m, "goods": goods}))
         return m, goods, images

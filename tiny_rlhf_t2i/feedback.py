@@ -68,11 +68,12 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
             raise UserError(f"{folder} was made with other settings (its image {r['id']} "
                             f"is for {old['prompt']!r}, now asked for {r['prompt']!r}); delete "
                             f"the folder or choose another --feedback_dir")
+    n_read = len(labels)
     if labeler == "judge":  # a kill between writing samples.jsonl and labels.jsonl
         labeled = {r["id"] for r in labels}
         labels += [_judge_label(r, r["judge_good"], r["judge_reason"], flip_rate)
                    for r in samples if r["id"] not in labeled]
-    if samples and (not labels_path.exists() or len(labels) > len(read_jsonl(labels_path))):
+    if samples and (not labels_path.exists() or len(labels) > n_read):
         write_jsonl(labels_path, labels)  # the rows that were lost with the kill
     todo = [r for r in records if r["id"] not in done]
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=f"sample {folder.name}",
