@@ -27,6 +27,8 @@
     python finetune.py --runs labeled_only,labeled_unlabeled_beta0,paper,unbalanced,beta1 \\
         --rounds 1 --model_t_min 0 --steps 750 --eval_samples_per_prompt 8 --best_of_n 1 \\
         --out_dir runs/ablation  # the paper's Table 3
+    torchrun --standalone --nproc_per_node 8 finetune.py --preset gpu  # 8 GPUs (DDP): rank 0
+        samples, labels, evaluates and writes; every rank trains on its share of each batch
 """
 import copy
 import dataclasses
@@ -38,8 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tiny_rlhf_t2i import seeds
+from tiny_rlhf_t2i import distributed, seeds
 from tiny_rlhf_t2i.config import UserError, check_range, parse_config, require, run
+from tiny_rlhf_t2i.corpus import WebCorpus
 from tiny_rlhf_t2i.diffusion import NUM_TRAIN_TIMESTEPS, to_model_space
 from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, Evaluator, alignment_table, generate,
                                     sample_grid_rows, win_rate)
@@ -52,7 +55,7 @@ from tiny_rlhf_t2i.losses import balance_groups, eq2_weights
 from tiny_rlhf_t2i.plots import alignment_bars, round_curves
 from tiny_rlhf_t2i.reward import RewardTrainConfig, load_reward, load_stage2, train_reward_model
 from tiny_rlhf_t2i.text import encode
-from tiny_rlhf_t2i.train_loop import Batch, LoopConfig, drop_captions, train, web_batch
+from tiny_rlhf_t2i.train_loop import Batch, LoopConfig, drop_captions, train
 from tiny_rlhf_t2i.unet import load_model
 from tiny_rlhf_t2i.world import CATEGORIES, parse
 
@@ -148,7 +151,8 @@ PRESETS = {
 class Inputs:
     """What stages 0-2 made, loaded and checked before any work is done."""
     pretrained: torch.nn.Module  # stage 0's model (EMA weights)
-    pre: dict  # stage 0's config: D_pre is its web corpus
+    pre: dict  # stage 0's config
+    corpus: WebCorpus  # D_pre: stage 0's web corpus
     reward: torch.nn.Module  # stage 2's reward model r_phi
     clip: torch.nn.Module  # our CLIP, to train the reward again in later rounds
     stage2: dict  # stage 2's config: the reward's training settings, stage 1's flip rate
@@ -196,11 +200,13 @@ def load_d_model(labeled: tuple, unlabeled: Path, reward, device) -> DModel:
 
 def build_d_model(cfg: FinetuneConfig, inputs: Inputs, device) -> DModel:
     """Round 1's D_model (the paper's): stage 1's labeled set plus unlabeled samples of the
-    pretrained model (sampled once, resumable), every image scored by the reward."""
+    pretrained model (sampled once, resumable, by rank 0), every image scored by the reward."""
     fb = Path(cfg.feedback_dir)
     records = feedback_records("seen", cfg.unlabeled_per_category, cfg.seed + seeds.UNLABELED)
-    collect(inputs.pretrained, fb / "unlabeled", records, flip_rate=0.0, labeler="none",
-            num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
+    if distributed.is_main():
+        collect(inputs.pretrained, fb / "unlabeled", records, flip_rate=0.0, labeler="none",
+                num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
+    distributed.barrier()  # under torchrun the other ranks read what rank 0 sampled
     return load_d_model(inputs.stage1, fb / "unlabeled", inputs.reward, device)
 
 
@@ -216,17 +222,16 @@ def next_round_d_model(folder: Path, k: int, run: Run, model, labels: list, cfg:
                  if cfg.labels_per_round else [])  # evenly over the four categories
     stage2 = inputs.stage2
     sampling = dict(num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
-    collect(model, folder / "labeled", [r for i, r in enumerate(records) if i in picked],
-            flip_rate=stage2["flip_rate"], **sampling)
-    collect(model, folder / "unlabeled", [r for i, r in enumerate(records) if i not in picked],
-            flip_rate=0.0, labeler="none", **sampling)
+    if distributed.is_main():  # under torchrun rank 0 samples and labels, the others wait
+        collect(model, folder / "labeled", [r for i, r in enumerate(records) if i in picked],
+                flip_rate=stage2["flip_rate"], **sampling)
+        collect(model, folder / "unlabeled", [r for i, r in enumerate(records) if i not in picked],
+                flip_rate=0.0, labeler="none", **sampling)
+    distributed.barrier()
     labeled = load_feedback(folder / "labeled", "python finetune.py")
     labels.append(labeled[:2])
     if run.weights == "reward" and cfg.labels_per_round:
-        path = folder / "reward.pt"
-        if cfg.resume and path.exists():
-            reward = load_reward(folder, "python finetune.py")
-        else:
+        if distributed.is_main() and not (cfg.resume and (folder / "reward.pt").exists()):
             names = {f.name for f in dataclasses.fields(RewardTrainConfig)}
             rcfg = RewardTrainConfig(**{**{n: stage2[n] for n in names},
                                         "seed": seeds.round_seed(stage2["seed"], k)})
@@ -234,22 +239,24 @@ def next_round_d_model(folder: Path, k: int, run: Run, model, labels: list, cfg:
             images = np.concatenate([im for _, im in labels])  # (N, H, W, 3) every label so far
             reward = train_reward_model(inputs.clip.to(device), rows, images, rcfg, stage2["lam"],
                                         device)
-            save_checkpoint(path, {"model": reward.state_dict(), "lam": stage2["lam"],
-                                   "clip_config": dataclasses.asdict(inputs.clip.cfg),
-                                   "config": stage2})
+            save_checkpoint(folder / "reward.pt", {
+                "model": reward.state_dict(), "lam": stage2["lam"],
+                "clip_config": dataclasses.asdict(inputs.clip.cfg), "config": stage2})
+        distributed.barrier()
+        reward = load_reward(folder, "python finetune.py")  # what rank 0 trained (or resumed)
     return load_d_model(labeled, folder / "unlabeled", reward, device), reward
 
 
-def finetune(folder: Path, run: Run, start, pre: dict, d_model: DModel, cfg: FinetuneConfig,
+def finetune(folder: Path, run: Run, start, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig,
              device, mse):
-    """One fine-tuning run of Eq. 2 from the weights of `start` (pre: stage 0's config, whose
-    web corpus is D_pre), checkpointed in folder. Returns (EMA model, finished)."""
+    """One fine-tuning run of Eq. 2 from the weights of `start` (D_pre: stage 0's web corpus),
+    checkpointed in folder. Returns (EMA model, finished)."""
     beta = cfg.beta if run.beta is None else run.beta
     t_min = cfg.model_t_min if run.t_min is None else run.t_min
     n_model = 0 if run.weights is None else round(cfg.batch_size * cfg.model_fraction)
     if n_model:
         keep = d_model.labeled | run.unlabeled  # (N,) bool
-        x_all, ids_all = d_model.x[keep], d_model.ids[keep]
+        x_all, ids_all = d_model.x[keep].to(device), d_model.ids[keep]  # images on the device
         w_all = getattr(d_model, run.weights)[keep]  # (N',) reward scores or gold labels
         if cfg.balance if run.balance is None else run.balance:
             w_all = balance_groups(w_all, [g for g, k in zip(d_model.group, keep) if k])
@@ -257,26 +264,26 @@ def finetune(folder: Path, run: Run, start, pre: dict, d_model: DModel, cfg: Fin
 
     def make_batch(step: int) -> Batch:
         rng = seeds.finetune_batch(cfg.seed, step)
-        x0, ids = web_batch(rng, n_pre, pre)  # D_pre: (n_pre, 3, H, W), (n_pre, L)
+        x0, ids = inputs.corpus.batch(rng, n_pre)  # D_pre: (n_pre, 3, H, W), (n_pre, L)
         weights = torch.ones(n_pre)  # the control: D_pre alone
         if n_model:
             idx = torch.from_numpy(rng.integers(0, len(x_all), n_model))
-            x0 = torch.cat([x_all[idx], x0])  # (B, 3, H, W): [D_model; D_pre]
+            x0 = torch.cat([x_all[idx.to(device)], x0])  # (B, 3, H, W): [D_model; D_pre]
             ids = torch.cat([ids_all[idx], ids])
             weights = eq2_weights(w_all[idx], n_pre, beta)  # (B,)
         # Caption dropout on every row, D_model too, as in pretraining. Guidance samples with
         # eps_u + s (eps_c - eps_u): were only the conditional model to move toward D_model,
         # that move (its artifacts too) would come out s times larger.
         drop_captions(ids, rng, cfg.p_uncond)
-        return Batch(x0.to(device, memory_format=torch.channels_last), ids.to(device),
-                     weights.to(device), n_model, t_min)
+        return Batch(x0.contiguous(memory_format=torch.channels_last), ids, weights, n_model,
+                     t_min)
 
     model = copy.deepcopy(start).to(device, memory_format=torch.channels_last)
     model.requires_grad_(True)  # start may be an EMA copy, whose weights are frozen
-    carry = {"model_config": dataclasses.asdict(start.cfg), "config": pre}  # tune again
+    carry = {"model_config": dataclasses.asdict(start.cfg), "config": inputs.pre}  # tune again
     ema_model, curve, finished = train(model, cfg, make_batch, folder / "ckpt.pt",
                                        f"finetune {folder.parent.name}/{folder.name}", carry, mse)
-    if finished:
+    if finished and distributed.is_main():
         atomic_write_text(folder / "loss_curve.json", json.dumps(curve))
     return ema_model, finished
 
@@ -286,7 +293,8 @@ def run_rounds(name: str, run: Run, inputs: Inputs, d_model: DModel, cfg: Finetu
     """The rounds of one run (one round: the paper's method), each evaluated. Round k lives in
     out_dir/name/round{k}: its samples, labels, reward, checkpoint and evaluation. --stop_after
     counts the run's steps over all rounds. Returns (model, metrics, goods, one curve point per
-    round), or None if --stop_after stopped it."""
+    round), or None if --stop_after stopped it. Under torchrun rank 0 alone evaluates (the
+    others have no evaluator) and deletes stale samples."""
     rounds = run.rounds or cfg.rounds
     per_round = cfg.steps // rounds
     model, reward, points = inputs.pretrained, inputs.reward, []
@@ -296,7 +304,7 @@ def run_rounds(name: str, run: Run, inputs: Inputs, d_model: DModel, cfg: Finetu
         left = cfg.stop_after - (k - 1) * per_round  # steps left before --stop_after
         if cfg.stop_after and left <= 0:
             return None
-        if not cfg.resume:  # the samples of an earlier run's model must not be reused
+        if not cfg.resume and distributed.is_main():  # an earlier run's samples must not be reused
             for sub in ("labeled", "unlabeled"):
                 shutil.rmtree(folder / sub, ignore_errors=True)
         rcfg = dataclasses.replace(cfg, seed=seeds.round_seed(cfg.seed, k), steps=per_round,
@@ -304,9 +312,12 @@ def run_rounds(name: str, run: Run, inputs: Inputs, d_model: DModel, cfg: Finetu
         if run.weights is not None and k > 1:
             d_model, reward = next_round_d_model(folder, k, run, model, labels, rcfg, inputs,
                                                  reward, device)
-        model, finished = finetune(folder, run, model, inputs.pre, d_model, rcfg, device, mse)
+        model, finished = finetune(folder, run, model, inputs, d_model, rcfg, device, mse)
         if not finished:
             return None
+        if evaluator is None:
+            metrics = goods = None
+            continue
         metrics, goods, _ = evaluator.model(model, f"{name}/round{k}", folder / "eval.json",
                                             reuse=cfg.resume)
         points.append({"round": k, "steps": k * per_round, **curve_point(metrics)})
@@ -337,6 +348,7 @@ def best_of_n(pretrained, reward, records: list[dict], first: np.ndarray,
 
 def main(argv=None):
     cfg = parse_config(FinetuneConfig, PRESETS, argv)
+    distributed.setup()
     device = pick_device(cfg.device, cfg.threads)
     mse = resolve_loss_backend(cfg.loss_backend)
     out = check_writable(cfg.out_dir)
@@ -349,8 +361,14 @@ def main(argv=None):
     # channels_last: the convolutions run faster on CPU; same math.
     pretrained = pretrained.to(device, memory_format=torch.channels_last)
     reward = load_reward(Path(cfg.reward_dir), made_by)
-    inputs = Inputs(pretrained, pre, reward, *load_stage2(cfg.reward_dir, made_by),
+    inputs = Inputs(pretrained, pre, WebCorpus(pre, device, Path(cfg.unet_dir) / "corpus.pt"),
+                    reward, *load_stage2(cfg.reward_dir, made_by),
                     load_feedback(Path(cfg.feedback_dir) / "train", made_by))
+    if not distributed.is_main():  # under torchrun: train on its share of each batch, no more
+        d_model = build_d_model(cfg, inputs, device)
+        for name in cfg.runs.split(","):
+            run_rounds(name, RUNS[name], inputs, d_model, cfg, device, mse, None)
+        return
     evaluator = Evaluator(cfg.eval_samples_per_prompt, cfg.num_inference_steps,
                           cfg.guidance_scale, pretrained.cfg.resolution, reward,
                           fd_cache=Path(cfg.out_dir).parent / "fd", fd_net_steps=cfg.fd_net_steps)

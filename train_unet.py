@@ -10,6 +10,7 @@ and a later gain cannot be plain extra training.
     python train_unet.py                    # the cpu preset (the longest stage; README)
     python train_unet.py --preset smoke     # seconds; what the tests run
     python train_unet.py --captions clean --out_dir runs/unet_clean   # control: exact counts
+    torchrun --standalone --nproc_per_node 8 train_unet.py --preset gpu   # 8 GPUs (DDP)
 """
 import dataclasses
 import time
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-from tiny_rlhf_t2i import seeds
+from tiny_rlhf_t2i import distributed, seeds
 from tiny_rlhf_t2i.config import check_range, parse_config, require, run
+from tiny_rlhf_t2i.corpus import WebCorpus
 from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, alignment_table, evaluate_model, fmt,
                                     sample_grid_rows)
 from tiny_rlhf_t2i.files import check_writable, pick_device, save_grid, write_metrics
-from tiny_rlhf_t2i.train_loop import Batch, LoopConfig, drop_captions, train, web_batch
+from tiny_rlhf_t2i.train_loop import Batch, LoopConfig, drop_captions, train
 from tiny_rlhf_t2i.unet import ModelConfig, TextToImage, model_config
 from tiny_rlhf_t2i.world import CaptionNoise
 
@@ -73,25 +75,28 @@ def pretrain(cfg: TrainConfig):
     Returns (EMA model, loss curve, finished)."""
     device = pick_device(cfg.device, cfg.threads)
     out = check_writable(cfg.out_dir)
-    corpus = dataclasses.asdict(cfg)  # the web corpus: its size, seed, caption noise, resolution
+    pre = dataclasses.asdict(cfg)  # the web corpus: its size, seed, caption noise, resolution
+    corpus = WebCorpus(pre, device, out / "corpus.pt", cfg.threads)  # stage 3's D_pre reads it too
     torch.manual_seed(cfg.seed)
     model = TextToImage(model_config(cfg)).to(device, memory_format=torch.channels_last)
 
     def make_batch(step: int) -> Batch:
         rng = seeds.pretrain_batch(cfg.seed, step)
-        x0, ids = web_batch(rng, cfg.batch_size, corpus)  # (B, 3, H, W), (B, L)
+        x0, ids = corpus.batch(rng, cfg.batch_size)  # (B, 3, H, W) on the device, (B, L)
         drop_captions(ids, rng, cfg.p_uncond)
-        return Batch(x0.to(device, memory_format=torch.channels_last), ids.to(device),
-                     torch.ones(cfg.batch_size, device=device))
+        return Batch(x0, ids, torch.ones(cfg.batch_size))
 
-    carry = {"model_config": dataclasses.asdict(model_config(cfg)), "config": corpus}
+    carry = {"model_config": dataclasses.asdict(model_config(cfg)), "config": pre}
     return train(model, cfg, make_batch, out / "ckpt.pt", "pretrain", carry)
 
 
 def main(argv=None):
     cfg = parse_config(TrainConfig, PRESETS, argv)
+    distributed.setup()
     t0 = time.time()
     model, curve, finished = pretrain(cfg)
+    if not distributed.is_main():  # rank 0 evaluates and writes the report
+        return
     if not finished:
         print(f"stopped at step {cfg.stop_after}; continue with --resume true")
         return

@@ -14,7 +14,8 @@ import train_reward
 import train_unet
 from tiny_rlhf_t2i.config import parse_config, run
 from tiny_rlhf_t2i.text import NULL_IDS, encode
-from tiny_rlhf_t2i.train_loop import drop_captions, lr_at, web_batch
+from tiny_rlhf_t2i.corpus import WebCorpus
+from tiny_rlhf_t2i.train_loop import drop_captions, lr_at
 from tiny_rlhf_t2i.world import CaptionNoise, web_corpus_batch
 
 
@@ -38,12 +39,12 @@ def test_web_batch_honours_clean_captions():
     are the true ones (stage 3 used to train a clean-caption model on undercounting captions)."""
     idx_rng = lambda: np.random.default_rng(5)  # the same examples for both
     pre = _stage0_config("clean")
-    x, ids = web_batch(idx_rng(), 64, pre)
+    x, ids = WebCorpus(pre, "cpu").batch(idx_rng(), 64)
     indices = idx_rng().integers(0, pre["corpus_size"], 64)
     clean = CaptionNoise(p_undercount=0.0, p_vague_count=0.0)
     images, captions = web_corpus_batch(indices, clean, pre["resolution"], pre["corpus_seed"])
     assert torch.equal(ids, encode(captions)) and x.shape == (64, 3, 16, 16)
-    web_ids = web_batch(idx_rng(), 64, _stage0_config("web"))[1]
+    web_ids = WebCorpus(_stage0_config("web"), "cpu").batch(idx_rng(), 64)[1]
     assert not torch.equal(web_ids, ids)  # undercounted captions differ
 
 

@@ -111,7 +111,8 @@ def to_uint8(images: torch.Tensor):
 
 
 def to_model_space(images) -> torch.Tensor:
-    """numpy (B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
+    """(B, H, W, 3) uint8, numpy or torch -> (B, 3, H, W) float in [-1, 1], on the same device
+    (channels_last in memory: a view of the channels-last pixels)."""
     return torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
@@ -124,5 +125,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model):
-        for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1 - self.decay)
+        # one fused kernel for every tensor on a GPU (a loop of lerp_ calls is hundreds of tiny
+        # launches per step); on the CPU, the same lerp per tensor
+        torch._foreach_lerp_(list(self.model.parameters()),
+                             [p.detach() for p in model.parameters()], 1 - self.decay)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from . import distributed
 from .config import UserError
 
 
@@ -82,8 +83,10 @@ def load_checkpoint(path, made_by: str) -> dict:
 def check_writable(folder) -> Path:
     """Make the run folder and check that files can be written there, before any work is done
     (not after an hour of training); remove the temporary files of writes a kill interrupted.
-    Returns it as a Path."""
+    Returns it as a Path. Under torchrun only rank 0 writes, so only rank 0 checks."""
     folder = Path(folder)
+    if not distributed.is_main():
+        return folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.rglob(".*.tmp"):  # `_atomic`'s names; a run folder has one writer

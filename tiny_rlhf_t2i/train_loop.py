@@ -4,7 +4,9 @@ As nanoGPT fine-tunes with the very loop it pretrains with, the two stages diffe
 batch a step draws (`Batch`): stage 0 draws web examples, every weight 1; stage 3 draws half of
 the batch from D_model, weighted by the reward, and half from D_pre (the same web corpus, built
 by the same `web_batch`), weighted by beta. The schedule, AdamW, gradient clipping, EMA, loss
-curve, timed atomic checkpoints and exact resume live here once.
+curve, timed atomic checkpoints and exact resume live here once, and so does the speed: bf16
+autocast, torch.compile, a step that never waits on the GPU, and DDP under torchrun
+(distributed.py).
 """
 import dataclasses
 import math
@@ -16,13 +18,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import seeds
-from .config import check_range
-from .diffusion import EMA, Scheduler, to_model_space
+from . import distributed, seeds
+from .config import ConfigError, check_range
+from .diffusion import EMA, Scheduler
 from .files import load_checkpoint, save_checkpoint
 from .losses import finetune_loss, weighted_mse
-from .text import NULL_IDS, encode
-from .world import CaptionNoise, web_corpus_batch
+from .text import NULL_IDS
 
 
 @dataclasses.dataclass
@@ -40,6 +41,7 @@ class LoopConfig:
     stop_after: int = 0  # stop with a checkpoint after this many steps (0: run to the end)
     resume: bool = False  # continue from the run's checkpoint exactly where it stopped
     bf16: bool = False  # bf16 autocast (CUDA only; fp32 on CPU is the safe default)
+    compile: bool = False  # torch.compile the denoiser for training (CUDA only, like bf16)
 
     def __post_init__(self):
         check_range(self, "steps batch_size", 1)
@@ -69,26 +71,32 @@ class Batch:
     n_model: int = 0  # how many leading rows come from D_model
     model_t_min: int = 0  # D_model rows are noised at timesteps in [model_t_min, T) only
 
+    def rows(self, rank: int, world: int) -> torch.Tensor:
+        """The rows process `rank` of `world` trains on: its share of the D_model rows and its
+        share of the D_pre rows, so that the mean of the ranks' Eq. 2 losses (each half
+        averaged over its own rows) is the whole batch's."""
+        n_pre = len(self.x0) - self.n_model
+        if self.n_model % world or n_pre % world:
+            raise ConfigError(f"a batch of {self.n_model} D_model and {n_pre} D_pre rows does "
+                              f"not split evenly over {world} processes; choose a --batch_size "
+                              f"whose halves are multiples of {world}")
+        model_rows = torch.arange(self.n_model).view(world, -1)[rank]
+        pre_rows = self.n_model + torch.arange(n_pre).view(world, -1)[rank]
+        return torch.cat([model_rows, pre_rows])  # (B / world,)
 
-def caption_noise(pre: dict) -> CaptionNoise:
-    """The caption noise of a stage-0 config; `captions: clean` keeps every stated count true."""
-    noise = CaptionNoise(**{f.name: pre[f.name] for f in dataclasses.fields(CaptionNoise)})
-    if pre.get("captions", "web") == "clean":
-        noise = dataclasses.replace(noise, p_undercount=0.0, p_vague_count=0.0)
-    return noise
 
-
-def web_batch(rng: np.random.Generator, n: int, pre: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """n examples of the web corpus that stage 0 trained on (pre: its config), drawn with rng.
-    Stage 0's batches and stage 3's D_pre both come from here. Returns (n, 3, H, W), (n, L)."""
-    images, captions = web_corpus_batch(rng.integers(0, pre["corpus_size"], n), caption_noise(pre),
-                                        pre["resolution"], pre["corpus_seed"])
-    return to_model_space(images), encode(captions)
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to the device without waiting for the GPU: a plain copy from pageable
+    memory waits for every queued kernel, and then the next step's CPU work (the batch, the
+    noise) no longer overlaps this step's GPU work."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def drop_captions(ids: torch.Tensor, rng: np.random.Generator, p_uncond: float) -> torch.Tensor:
     """Classifier-free guidance's condition dropout: each caption becomes the null caption with
-    probability p_uncond, in place. ids: (B, L)."""
+    probability p_uncond, in place. ids: (B, L) on the CPU."""
     ids[torch.from_numpy(rng.random(len(ids)) < p_uncond)] = NULL_IDS
     return ids
 
@@ -102,24 +110,33 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
     only the high-noise terms for the model's own samples. Those terms decide *what* is drawn
     (how many shapes, where, which colour: a count is settled early in the chain); the low-noise
     terms decide *how* edges and corners look, and are learned from D_pre's clean renders only,
-    so the soft shapes of the model's own samples are not reinforced."""
-    x0 = batch.x0
+    so the soft shapes of the model's own samples are not reinforced.
+
+    Under torchrun the noise is drawn for the whole batch and each process keeps its rows."""
+    x0, ids, weights, n_model = batch.x0, batch.ids, batch.weights, batch.n_model
     T = scheduler.num_train_timesteps
     t = torch.randint(0, T, (len(x0),), generator=gen)  # (B,)
     noise = torch.randn(x0.shape, generator=gen)  # (B, 3, H, W), drawn on the CPU: any device
-    if batch.model_t_min and batch.n_model:  # drawn last: with 0 the stream is unchanged
-        t[:batch.n_model] = torch.randint(batch.model_t_min, T, (batch.n_model,), generator=gen)
-    t, noise = t.to(x0.device), noise.to(x0.device)
-    eps_hat = model(scheduler.add_noise(x0, noise, t), t, batch.ids)
-    return finetune_loss(eps_hat, noise, batch.weights, batch.n_model, mse)
+    if batch.model_t_min and n_model:  # drawn last: with 0 the stream is unchanged
+        t[:n_model] = torch.randint(batch.model_t_min, T, (n_model,), generator=gen)
+    rank, world = distributed.rank_world()
+    if world > 1:  # this process's share of the rows
+        rows = batch.rows(rank, world)
+        t, noise, ids, weights = t[rows], noise[rows], ids[rows], weights[rows]
+        x0, n_model = x0[rows.to(x0.device)], n_model // world
+    t, noise = to_device(t, x0.device), to_device(noise, x0.device)
+    eps_hat = model(scheduler.add_noise(x0, noise, t), t, to_device(ids, x0.device))
+    return finetune_loss(eps_hat, noise, to_device(weights, x0.device), n_model, mse)
 
 
 def train(model, cfg: LoopConfig, make_batch: Callable[[int], Batch], ckpt_path, desc: str,
           carry: dict, mse=weighted_mse):
-    """Train `model` for cfg.steps steps on make_batch(step); checkpoint to ckpt_path (with
-    `carry`: the model config and stage 0's config, so the checkpoint can be loaded and tuned
-    again). With cfg.resume it continues where ckpt_path stopped; the batches and noise are
-    fixed by (seed, step), so a resumed run equals an uninterrupted one.
+    """Train `model` for cfg.steps steps on make_batch(step) (a Batch: images on the model's
+    device, ids and weights on the CPU); checkpoint to ckpt_path (with `carry`: the model config
+    and stage 0's config, so the checkpoint can be loaded and tuned again). With cfg.resume it
+    continues where ckpt_path stopped; the batches and noise are fixed by (seed, step), so a
+    resumed run equals an uninterrupted one. Under torchrun each process trains on its rows of
+    every batch and rank 0 alone writes the checkpoint.
     Returns (EMA model, loss curve [(step, mean loss)], finished)."""
     device = next(model.parameters()).device
     ema = EMA(model, cfg.ema_decay)
@@ -133,16 +150,25 @@ def train(model, cfg: LoopConfig, make_batch: Callable[[int], Batch], ckpt_path,
         opt.load_state_dict(state["opt"])
         step, curve, running = state["step"], state["loss_curve"], state.get("running", [])
         print(f"resumed {ckpt_path} at step {step}")
+    # What trains: compiled (its kernels fused, once, at the first step), then under torchrun
+    # wrapped in DDP, as nanoGPT does; `model` stays the plain module that is saved.
+    compiled = cfg.compile and device.type == "cuda"
+    net = distributed.wrap(torch.compile(model) if compiled else model)
+    pending = []  # this step's and earlier losses, still on the device: read every 50 steps
 
     def checkpoint():
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.model.state_dict(),
-                                    "opt": opt.state_dict(), "step": step, "loss_curve": curve,
-                                    "running": running, **carry})
+        running.extend(torch.stack(pending).tolist() if pending else [])
+        pending.clear()
+        if distributed.is_main():
+            save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.model.state_dict(),
+                                        "opt": opt.state_dict(), "step": step, "loss_curve": curve,
+                                        "running": running, **carry})
 
     end = min(cfg.steps, cfg.stop_after or cfg.steps)
     amp = cfg.bf16 and device.type == "cuda"
     last_ckpt = time.time()
-    bar = tqdm(total=cfg.steps, initial=step, desc=desc, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, dynamic_ncols=True,
+               disable=not distributed.is_main())
     model.train()
     while step < end:
         lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_frac)
@@ -150,19 +176,21 @@ def train(model, cfg: LoopConfig, make_batch: Callable[[int], Batch], ckpt_path,
             group["lr"] = lr
         batch = make_batch(step)
         with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-            loss = step_loss(model, scheduler, batch, seeds.step_noise(cfg.seed, step), mse)
+            loss = step_loss(net, scheduler, batch, seeds.step_noise(cfg.seed, step), mse)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema.update(model)
         step += 1
-        running.append(loss.item())
+        pending.append(distributed.mean(loss.detach()))  # the whole batch's loss
         if step % 50 == 0 or step == cfg.steps:  # one curve point per 50 steps, and the last
+            running.extend(torch.stack(pending).tolist())  # the one wait for the GPU
+            pending.clear()
             curve.append((step, float(np.mean(running))))
+            bar.set_postfix(loss=f"{curve[-1][1]:.4f}", lr=f"{lr:.1e}")
             running = []
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.1e}")
         if time.time() - last_ckpt > cfg.ckpt_every_s or step == end:
             checkpoint()
             last_ckpt = time.time()
