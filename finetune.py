@@ -141,9 +141,8 @@ PRESETS = {
                   batch_size=16, num_inference_steps=5,
                   eval_samples_per_prompt=1, best_of_n=2, warmup_steps=2, fd_net_steps=30),
     "cpu": dict(),
-    "gpu": dict(unet_dir="runs/gpu/unet", reward_dir="runs/gpu/reward",
-                feedback_dir="data/feedback_gpu", out_dir="runs/gpu/finetune",
-                unlabeled_per_category=4000, steps=5000, batch_size=256, best_of_n=16),
+    "gpu": dict(unet_dir="runs/gpu/unet", reward_dir="runs/gpu/reward",  # the cpu preset at 32 px
+                feedback_dir="data/feedback_gpu", out_dir="runs/gpu/finetune"),
 }
 
 

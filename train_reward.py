@@ -67,8 +67,7 @@ PRESETS = {
                   num_inference_steps=5, clip_steps=20, clip_batch=32, reward_steps=20),
     "cpu": dict(),
     "gpu": dict(unet_dir="runs/gpu/unet", out_dir="runs/gpu/reward",
-                feedback_dir="data/feedback_gpu", per_category=4000, heldout_per_category=500,
-                clip_steps=4000, reward_steps=4000),
+                feedback_dir="data/feedback_gpu"),  # the cpu preset's sizes at 32 px
 }
 
 

@@ -6,6 +6,7 @@ it must beat. We have no OpenAI CLIP, so we train one the way CLIP was trained (
 web captions it inherits their blind spots (counts), as CLIP inherits LAION's.
 """
 import dataclasses
+import os
 
 import torch
 import torch.nn as nn
@@ -75,20 +76,37 @@ def contrastive_loss(clip: Clip, x, ids) -> torch.Tensor:
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+class WebBatches(torch.utils.data.Dataset):
+    """CLIP's batch of each step, fresh web examples drawn in Python: a Dataset, so that on a
+    GPU machine DataLoader workers draw the next batches while the GPU trains on this one."""
+
+    def __init__(self, noise, resolution: int, batch_size: int, seed: int, steps: int):
+        self.noise, self.resolution, self.batch_size = noise, resolution, batch_size
+        self.seed, self.steps = seed, steps
+
+    def __len__(self):
+        return self.steps
+
+    def __getitem__(self, step: int):
+        rng = seeds.clip_batch(self.seed, step)
+        images, captions = web_corpus_batch(rng.integers(0, 10 ** 7, self.batch_size), self.noise,
+                                            self.resolution, seeds.clip_corpus_seed(self.seed))
+        return to_model_space(images), encode(captions)  # (B, 3, H, W), (B, L)
+
+
 def train_clip(cfg: ClipConfig, noise, steps: int, batch_size: int, lr: float, seed: int,
                device) -> Clip:
     """Train CLIP on web-corpus pairs (fresh examples each step; the corpus is large)."""
     torch.manual_seed(seed)
     clip = Clip(cfg).to(device)
     opt = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.01)
-    for step in tqdm(range(steps), desc="CLIP", dynamic_ncols=True):
-        rng = seeds.clip_batch(seed, step)
-        images, captions = web_corpus_batch(rng.integers(0, 10 ** 7, batch_size), noise,
-                                            cfg.resolution, seeds.clip_corpus_seed(seed))
+    workers = min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0  # CPU: in-line
+    batches = torch.utils.data.DataLoader(WebBatches(noise, cfg.resolution, batch_size, seed,
+                                                     steps), batch_size=None, num_workers=workers)
+    for step, (x, ids) in enumerate(tqdm(batches, desc="CLIP", dynamic_ncols=True)):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, lr, 0, steps)  # cosine decay, no warmup
-        x, ids = to_model_space(images).to(device), encode(captions).to(device)
-        loss = contrastive_loss(clip, x, ids)
+        loss = contrastive_loss(clip, x.to(device), ids.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -159,7 +159,9 @@ def pick_device(name: str, threads: int = 0) -> torch.device:
     if name not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device must be auto, cpu or cuda, not {name!r}")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but no CUDA device is available")
+    if name == "cuda":  # TF32 matmuls, as the convolutions already use (benchmarks/README.md)
+        torch.backends.cuda.matmul.allow_tf32 = True
     return torch.device(name)

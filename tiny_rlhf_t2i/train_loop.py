@@ -40,8 +40,8 @@ class LoopConfig:
     ckpt_every_s: float = 300.0  # seconds between checkpoints (and one at the end)
     stop_after: int = 0  # stop with a checkpoint after this many steps (0: run to the end)
     resume: bool = False  # continue from the run's checkpoint exactly where it stopped
-    bf16: bool = False  # bf16 autocast (CUDA only; fp32 on CPU is the safe default)
-    compile: bool = False  # torch.compile the denoiser for training (CUDA only, like bf16)
+    bf16: bool = False  # bf16 autocast (the gpu preset; no faster on a CPU, docs/results.md)
+    compile: bool = False  # torch.compile the denoiser for training (the gpu preset's stage 0)
 
     def __post_init__(self):
         check_range(self, "steps batch_size", 1)
@@ -152,8 +152,7 @@ def train(model, cfg: LoopConfig, make_batch: Callable[[int], Batch], ckpt_path,
         print(f"resumed {ckpt_path} at step {step}")
     # What trains: compiled (its kernels fused, once, at the first step), then under torchrun
     # wrapped in DDP, as nanoGPT does; `model` stays the plain module that is saved.
-    compiled = cfg.compile and device.type == "cuda"
-    net = distributed.wrap(torch.compile(model) if compiled else model)
+    net = distributed.wrap(torch.compile(model) if cfg.compile else model)
     pending = []  # this step's and earlier losses, still on the device: read every 50 steps
 
     def checkpoint():
@@ -165,7 +164,6 @@ def train(model, cfg: LoopConfig, make_batch: Callable[[int], Batch], ckpt_path,
                                         "running": running, **carry})
 
     end = min(cfg.steps, cfg.stop_after or cfg.steps)
-    amp = cfg.bf16 and device.type == "cuda"
     last_ckpt = time.time()
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, dynamic_ncols=True,
                disable=not distributed.is_main())
@@ -175,7 +173,7 @@ def train(model, cfg: LoopConfig, make_batch: Callable[[int], Batch], ckpt_path,
         for group in opt.param_groups:
             group["lr"] = lr
         batch = make_batch(step)
-        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
             loss = step_loss(net, scheduler, batch, seeds.step_noise(cfg.seed, step), mse)
         opt.zero_grad(set_to_none=True)
         loss.backward()
