@@ -16,7 +16,6 @@ import count_breakdown  # noqa: E402
 import reward_breakdown  # noqa: E402
 import reward_seeds  # noqa: E402
 import rounds_seeds  # noqa: E402
-import train_unet  # noqa: E402
 
 
 def test_count_breakdown(smoke_run, capsys):
