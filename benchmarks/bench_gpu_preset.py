@@ -5,7 +5,7 @@
     python benchmarks/bench_gpu_preset.py --preset smoke --device cpu --out smoke.json  # CI
 
 Training runs train_loop.train itself (the loop stage 0 runs) on the preset's model and batch,
-each lever on top of the ones before it:
+each lever on top of the ones before it that paid (one that slows the step is dropped again):
   python_data    the code before corpus.py: every web example drawn and rendered in Python, and
                  a wait for the device at every step (the loss was read each step); fp32 eager,
                  contiguous tensors
@@ -16,8 +16,9 @@ each lever on top of the ones before it:
   bf16           bf16 autocast
   compile        torch.compile
 `made` rates: the same step on one batch made in advance (the noise is still drawn each step):
-what the step costs when data costs nothing. Steps/s are timed between two of the loop's loss
-reads, so every timed step has finished on the device.
+what the step costs when data costs nothing. On a GPU, steps/s are timed between two of the
+loop's loss reads after 50 steps, so every timed step has finished on the device; on a CPU from
+the first step (but after 50 with torch.compile, which compiles at the first).
 Sampling (DDIM, 25 steps, guidance, batch 256): fp32, tf32, bf16, bf16 + channels_last, and
 bf16 + channels_last + torch.compile with CUDA graphs ("reduce-overhead").
 """
@@ -115,7 +116,8 @@ def main(argv=None):
     parser.add_argument("--preset", default="gpu", help="train_unet.py preset: gpu, cpu, smoke")
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
     parser.add_argument("--timed", type=int, default=100, help="timed steps (a multiple of 50)")
-    parser.add_argument("--sample_n", type=int, default=1024, help="images timed for sampling")
+    parser.add_argument("--sample_n", type=int, default=1024, help="images timed for sampling "
+                        "(0: no sampling)")
     parser.add_argument("--levers", default=",".join(LEVERS), help="levers, in order")
     parser.add_argument("--corpus_cache", type=Path, help="the web corpus table's file (e.g. "
                         "runs/gpu/unet/corpus.pt, which train_unet.py then reads)")
@@ -131,13 +133,14 @@ def main(argv=None):
                   train_steps_per_s={}, sample_images_per_s={}, failed={})
     save = lambda: args.out.write_text(json.dumps(result, indent=2))  # noqa: E731
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    levers, model = set(), None
+    levers, model, best = set(), None, 0.0
     order = [lv for lv in args.levers.split(",") if cuda or lv != "tf32"]
     for lever in order:
         levers.add(lever)
-        name = "+".join(lv for lv in order if lv in levers)
+        name = "+".join(lv for lv in order if lv in levers)  # what this measurement has on
         # the slow Python data path: fewer steps, timed between any two (it waits every step)
-        warm, timed = (5, 20) if lever == "python_data" else (50, args.timed)
+        warm = 50 if cuda or lever == "compile" else 0
+        warm, timed = (5, 20) if lever == "python_data" else (warm, args.timed)
         try:
             rate, model = train_rate(cfg, corpus, device, levers, False, warm, timed)
         except Exception as e:  # e.g. torch.compile without a working compiler: say so, go on
@@ -148,13 +151,17 @@ def main(argv=None):
         result["train_steps_per_s"][name] = rate
         print(f"train {name}: {rate:.1f} steps/s", flush=True)
         if lever in ("python_data", order[-1]):
-            made, _ = train_rate(cfg, corpus, device, levers | {"table_data"}, True, 50,
+            made, _ = train_rate(cfg, corpus, device, levers | {"table_data"}, True, warm,
                                  args.timed)
             result["train_steps_per_s"][name + " (batch made)"] = made
             print(f"train {name}, batch made: {made:.1f} steps/s", flush=True)
+        if rate < best:  # it did not pay: the next lever goes on top of the ones that did
+            levers.discard(lever)
+        best = max(best, rate)
         save()
     model = model.eval()
-    for name in ("fp32", "tf32", "bf16", "bf16+channels_last", "bf16+channels_last+cuda_graphs"):
+    samplers = ("fp32", "tf32", "bf16", "bf16+channels_last", "bf16+channels_last+cuda_graphs")
+    for name in samplers if args.sample_n else ():
         if not cuda and ("tf32" in name or "cuda_graphs" in name):
             continue
         try:

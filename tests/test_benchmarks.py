@@ -62,14 +62,13 @@ def test_bench_gpu_preset_on_the_cpu(tmp_path):
     """The lever benchmark at smoke size: each lever on top of the last, the batch-made bound."""
     out = tmp_path / "smoke.json"
     bench_gpu_preset.main(["--out", str(out), "--preset", "smoke", "--device", "cpu",
-                           "--timed", "50", "--sample_n", "8",
+                           "--timed", "50", "--sample_n", "0",
                            "--levers", "python_data,table_data"])
     result = json.loads(out.read_text())
-    assert list(result["train_steps_per_s"]) == [
-        "python_data", "python_data (batch made)", "python_data+table_data",
-        "python_data+table_data (batch made)"]
-    assert all(v > 0 for v in result["train_steps_per_s"].values())
-    assert list(result["sample_images_per_s"]) == ["fp32", "bf16", "bf16+channels_last"]
+    rates = result["train_steps_per_s"]
+    assert list(rates) == ["python_data", "python_data (batch made)", "python_data+table_data",
+                           "python_data+table_data (batch made)"]
+    assert all(v > 0 for v in rates.values()) and result["sample_images_per_s"] == {}
 
 
 def test_bench_loss_says_when_there_is_no_cuda(capsys, monkeypatch):

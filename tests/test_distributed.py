@@ -57,15 +57,15 @@ def test_stage0_two_processes_equal_one_and_resume_exactly(tmp_path):
 
 
 def test_stage3_rounds_under_torchrun_equal_one_process(smoke_run, tmp_path):
-    """Two rounds of `feedback` (rank 0 samples, labels and trains the reward between them;
-    the other rank reads what it wrote) and the control."""
+    """Two rounds of `feedback`: rank 0 samples, labels and trains the reward between them, the
+    other rank reads what it wrote."""
     for n in (1, 2):
         shutil.copytree(smoke_run / "feedback", tmp_path / f"fb{n}")
         launch("finetune.py", ["--preset", "smoke", "--unet_dir", str(smoke_run / "unet"),
                                "--reward_dir", str(smoke_run / "reward"),
                                "--feedback_dir", str(tmp_path / f"fb{n}"), "--runs",
-                               "feedback,control", "--out_dir", str(tmp_path / f"ft{n}")], n)
-    for run in ("feedback/round1", "feedback/round2", "control/round1", "control/round2"):
+                               "feedback", "--out_dir", str(tmp_path / f"ft{n}")], n)
+    for run in ("feedback/round1", "feedback/round2"):
         assert_close(load(tmp_path / "ft1" / run / "ckpt.pt"),
                      load(tmp_path / "ft2" / run / "ckpt.pt"))
     assert (tmp_path / "ft2" / "feedback" / "round2" / "reward.pt").exists()
