@@ -44,18 +44,17 @@ from tiny_rlhf_t2i.evaluate import eval_records  # noqa: E402
 from tiny_rlhf_t2i.text import encode  # noqa: E402
 from tiny_rlhf_t2i.train_loop import Batch, drop_captions, train  # noqa: E402
 from tiny_rlhf_t2i.unet import TextToImage, model_config  # noqa: E402
-from tiny_rlhf_t2i.world import render, web_scene  # noqa: E402
+from tiny_rlhf_t2i.world import render, web_corpus_scenes  # noqa: E402
 
 LEVERS = ("python_data", "table_data", "tf32", "channels_last", "bf16", "compile")
 
 
 def python_batch(rng, n: int, pre: dict, device):
     """The web batch as it was made before corpus.py: one example at a time in Python."""
-    noise = caption_noise(pre)
-    scenes, captions = zip(*(web_scene(seeds.web_example(pre["corpus_seed"], int(i)), noise)
-                             for i in rng.integers(0, pre["corpus_size"], n)))
+    scenes, captions = web_corpus_scenes(rng.integers(0, pre["corpus_size"], n),
+                                         caption_noise(pre), pre["corpus_seed"])
     images = np.stack([render(s, pre["resolution"]) for s in scenes])
-    return to_model_space(images).to(device).contiguous(), encode(list(captions))
+    return to_model_space(images).to(device).contiguous(), encode(captions)
 
 
 def sync(device):

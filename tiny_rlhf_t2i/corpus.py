@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import distributed, seeds
+from . import distributed
 from .diffusion import to_model_space
 from .files import save_checkpoint
 from .text import encode
-from .world import CaptionNoise, render_batch, scene_arrays, web_scene
+from .world import CaptionNoise, render_batch, scene_arrays, web_corpus_scenes
 
 CHUNK = 2000  # examples per task of the parallel build
 
@@ -37,9 +37,8 @@ def caption_noise(pre: dict) -> CaptionNoise:
 def _draw(job) -> dict[str, np.ndarray]:
     """Examples [lo, hi) of a corpus: their scenes (world.scene_arrays) and caption ids."""
     corpus_seed, noise, lo, hi = job
-    scenes, captions = zip(*(web_scene(seeds.web_example(corpus_seed, i), noise)
-                             for i in range(lo, hi)))
-    return {**scene_arrays(scenes), "ids": encode(list(captions)).numpy().astype(np.uint8)}
+    scenes, captions = web_corpus_scenes(range(lo, hi), noise, corpus_seed)
+    return {**scene_arrays(scenes), "ids": encode(captions).numpy().astype(np.uint8)}
 
 
 class WebCorpus:

@@ -424,13 +424,19 @@ def web_scene(rng: np.random.Generator, noise: CaptionNoise, shapes=SHAPES) -> t
     return scene, web_caption(scene, noise, rng)
 
 
-def web_corpus_batch(indices, noise: CaptionNoise, resolution: int, corpus_seed: int = 0):
-    """Examples `indices` of the (finite, fixed) web corpus: example i is always the same image
-    and caption, whatever the batch or the run. Returns ((B, H, W, 3) uint8, [caption] * B).
-    corpus.WebCorpus serves the same examples from a table, for a GPU."""
-    scenes, captions = zip(*(web_scene(seeds.web_example(corpus_seed, i), noise)
+def web_corpus_scenes(indices, noise: CaptionNoise, corpus_seed: int = 0):
+    """The scenes and captions of examples `indices` of the (finite, fixed) web corpus: example
+    i is always the same, whatever the batch or the run (its own stream, seeds.web_example)."""
+    scenes, captions = zip(*(web_scene(seeds.web_example(corpus_seed, int(i)), noise)
                              for i in indices))
-    return render_batch(scene_arrays(scenes), resolution).numpy(), list(captions)
+    return list(scenes), list(captions)
+
+
+def web_corpus_batch(indices, noise: CaptionNoise, resolution: int, corpus_seed: int = 0):
+    """Examples `indices` of the web corpus, rendered: ((B, H, W, 3) uint8, [caption] * B).
+    corpus.WebCorpus serves the same examples from a table, for a GPU."""
+    scenes, captions = web_corpus_scenes(indices, noise, corpus_seed)
+    return render_batch(scene_arrays(scenes), resolution).numpy(), captions
 
 
 if __name__ == "__main__":
