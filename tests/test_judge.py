@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tiny_rlhf_t2i.judge import judge, well_formed
+from tiny_rlhf_t2i.judge import connected_components, judge, well_formed
 from tiny_rlhf_t2i.selfcheck import selfcheck
 from tiny_rlhf_t2i.world import COLORS, PALETTE, Scene, render, render_prompt
 
@@ -83,3 +83,41 @@ def test_two_squares_touching_at_a_corner_are_one_malformed_blob():
     assert not well_formed(img)
     img[8:12, 8:12] = PALETTE["gray"]  # one square alone is a clean square
     assert judge(img, "a red square")[0] and well_formed(img)
+
+
+def flood_fill_components(mask, diagonal):
+    """The reference: a depth-first flood fill from each unvisited pixel in raster order."""
+    seen, blobs = np.zeros_like(mask), []
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        seen[start], stack, pixels = True, [start], []
+        while stack:
+            y, x = stack.pop()
+            pixels.append((y, x))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    n = (y + dy, x + dx)
+                    if ((dy or dx) and (diagonal or not (dy and dx))
+                            and 0 <= n[0] < mask.shape[0] and 0 <= n[1] < mask.shape[1]
+                            and mask[n] and not seen[n]):
+                        seen[n] = True
+                        stack.append(n)
+        blobs.append(sorted(pixels))
+    return blobs
+
+
+@pytest.mark.parametrize("diagonal", [True, False])
+def test_connected_components_equal_a_flood_fill(diagonal):
+    """The vectorized label propagation finds the components of the plain flood fill, in the
+    same order (raster order of their first pixel), on random masks of every density and on a
+    snake, the slowest case for propagation."""
+    rng = np.random.default_rng(0)
+    masks = [rng.random((side, side)) < rng.random() for side in (1, 2, 5, 16, 32)
+             for _ in range(60)]
+    snake = np.zeros((32, 32), bool)
+    snake[::2] = True
+    snake[1::4, -1] = snake[3::4, 0] = True
+    for mask in masks + [snake, np.zeros((16, 16), bool), np.ones((16, 16), bool)]:
+        ours = [sorted(map(tuple, c.tolist())) for c in connected_components(mask, diagonal)]
+        assert ours == flood_fill_components(mask, diagonal)

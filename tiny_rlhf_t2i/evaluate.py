@@ -16,7 +16,7 @@ from . import seeds
 from .diffusion import sample, to_uint8
 from .fidelity import clean_references, diversity, feature_net, features, frechet_distance
 from .files import atomic_write_text
-from .judge import judge, well_formed
+from .judge import analyze, verdict
 from .world import CATEGORIES, load_eval_prompts, to_prompt
 
 Z95 = 1.959964  # two-sided 95% normal quantile
@@ -69,9 +69,10 @@ def alignment(goods: list[bool], records: list[dict]) -> dict:
 
 def score(images: np.ndarray, records: list[dict]) -> tuple[dict, list[bool], list[str]]:
     """Judge every image against its prompt: (metrics, goods, reasons)."""
-    verdicts = [judge(im, r["prompt"]) for im, r in zip(images, records)]
+    analyses = [analyze(im) for im in images]  # each image analyzed once, for both verdicts
+    verdicts = [verdict(a, r["prompt"]) for a, r in zip(analyses, records)]
     goods = [g for g, _ in verdicts]
-    wf = [well_formed(im) for im in images]
+    wf = [a["well_formed"] for a in analyses]
     metrics = {"alignment": alignment(goods, records),
                "well_formed": proportion_ci(sum(wf), len(wf))}
     return metrics, goods, [r for _, r in verdicts]

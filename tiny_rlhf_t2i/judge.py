@@ -27,7 +27,6 @@ PALETTE_NAMES = tuple(PALETTE)
 PALETTE_RGB = np.array([PALETTE[n] for n in PALETTE_NAMES], np.float32)  # (P, 3)
 OFF_PALETTE = 60.0  # RGB distance beyond which a pixel belongs to no palette color
 CLEAN_COLOR = 0.8  # fraction of a clean blob's pixels that must be its dominant object color
-CLEAN_BACKGROUND = 0.97  # fraction of the non-blob pixels that must be exactly the background
 SPECK_AREA = 2  # blobs this small (pixels, at 16 px; scaled by area at larger sizes) are ignored
 
 
@@ -42,28 +41,37 @@ def quantize(image: np.ndarray) -> np.ndarray:
 
 def connected_components(mask: np.ndarray, diagonal: bool = True) -> list[np.ndarray]:
     """Connected components of a boolean (H, W) mask (8-connected; 4-connected with
-    diagonal=False), as arrays of (y, x) pixel coordinates."""
-    seen = np.zeros_like(mask, bool)
+    diagonal=False), as arrays of (y, x) pixel coordinates, in the raster order of each
+    component's first pixel.
+
+    Label propagation, vectorized: every pixel starts with its own raster index as label and
+    repeatedly takes the smallest label among itself and its neighbours in the mask, then the
+    label of the pixel its label names (pointer jumping: a label is always a pixel of the same
+    component with a label no larger, so jumping stays inside the component and halves long
+    chains). When nothing changes, every component carries the index of its first pixel."""
     h, w = mask.shape
-    blobs = []
-    for y0, x0 in zip(*np.nonzero(mask)):
-        if seen[y0, x0]:
-            continue
-        seen[y0, x0] = True
-        stack, pixels = [(y0, x0)], []
-        while stack:
-            y, x = stack.pop()
-            pixels.append((y, x))
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    if dy and dx and not diagonal:
-                        continue
-                    ny, nx = y + dy, x + dx
-                    if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
-                        seen[ny, nx] = True
-                        stack.append((ny, nx))
-        blobs.append(np.array(pixels))
-    return blobs
+    none = h * w  # the label of pixels outside the mask: larger than every index
+    label = np.where(mask, np.arange(none).reshape(h, w), none)  # (H, W)
+    steps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+             if (dy or dx) and (diagonal or not (dy and dx))]
+    while True:
+        padded = np.pad(label, 1, constant_values=none)  # (H + 2, W + 2)
+        new = label
+        for dy, dx in steps:
+            new = np.minimum(new, padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w])
+        new = np.where(mask, new, none)
+        flat = np.append(new.ravel(), none)  # index `none` stays `none`
+        new = flat[new]  # pointer jumping
+        if np.array_equal(new, label):
+            break
+        label = new
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return []
+    order = np.argsort(label[ys, xs], kind="stable")  # pixels grouped by component
+    ys, xs, names = ys[order], xs[order], label[ys, xs][order]
+    starts = np.flatnonzero(np.diff(names, prepend=-1))  # first pixel of each component
+    return np.split(np.stack([ys, xs], 1), starts[1:])
 
 
 def corner_joined(pixels: np.ndarray, shape: tuple, speck: float) -> bool:
@@ -115,9 +123,7 @@ def analyze(image: np.ndarray) -> dict:
     speck = SPECK_AREA * (side / 16) ** 2
     lo, hi = _area_bounds(side)
     shapes, malformed = [], []  # shapes: list of (color, shape)
-    blob_mask = np.zeros(q.shape, bool)
     for pixels in connected_components(q != bg_idx):
-        blob_mask[pixels[:, 0], pixels[:, 1]] = True
         if len(pixels) <= speck:
             continue
         colors = q[pixels[:, 0], pixels[:, 1]]
@@ -130,11 +136,12 @@ def analyze(image: np.ndarray) -> dict:
             shapes.append((dominant, shape))
         else:
             malformed.append(len(pixels))
-    rest = ~blob_mask
-    clean_bg = (background in BACKGROUNDS
-                and (q[rest] == bg_idx).mean() >= CLEAN_BACKGROUND if rest.any() else False)
-    return {"background": background, "clean_background": bool(clean_bg), "shapes": shapes,
-            "malformed": malformed}
+    # Every pixel that is not the background belongs to a blob, so a smear on the background is
+    # a malformed blob (or an ignored speck): the background is clean when it is a background
+    # color.
+    clean_bg = background in BACKGROUNDS
+    return {"background": background, "clean_background": clean_bg, "shapes": shapes,
+            "malformed": malformed, "well_formed": clean_bg and not malformed and len(shapes) > 0}
 
 
 def _describe(shapes: list[tuple[str, str]]) -> str:
@@ -156,8 +163,13 @@ def _asked(spec: Spec) -> str:
 
 def judge(image: np.ndarray, prompt: str | Spec) -> tuple[bool, str]:
     """Is the image aligned with the prompt? Returns (good, readable reason)."""
+    return verdict(analyze(image), prompt)
+
+
+def verdict(a: dict, prompt: str | Spec) -> tuple[bool, str]:
+    """judge's verdict from an image's analysis (analyze): one analysis serves both judge and
+    well_formed when a caller wants both."""
     spec = parse(prompt) if isinstance(prompt, str) else prompt
-    a = analyze(image)
     found = f"found {_describe(a['shapes'])} on {a['background']}"
     if a["malformed"]:
         found += f" and {len(a['malformed'])} malformed blob(s)"
@@ -177,5 +189,4 @@ def judge(image: np.ndarray, prompt: str | Spec) -> tuple[bool, str]:
 
 def well_formed(image: np.ndarray) -> bool:
     """Prompt-free fidelity: a clean background color and at least one object, all clean shapes."""
-    a = analyze(image)
-    return a["clean_background"] and not a["malformed"] and len(a["shapes"]) > 0
+    return analyze(image)["well_formed"]
