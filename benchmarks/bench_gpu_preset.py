@@ -19,7 +19,8 @@ each lever on top of the ones before it that paid (one that slows the step is dr
 what the step costs when data costs nothing. On a GPU, steps/s are timed between two of the
 loop's loss reads after 50 steps, so every timed step has finished on the device; on a CPU from
 the first step (but after 50 with torch.compile, which compiles at the first).
-Sampling (DDIM, 25 steps, guidance, batch 256): fp32, tf32, bf16, bf16 + channels_last, and
+Sampling (DDIM, 25 steps, guidance): fp32 at each batch size of --sample_batches (stages 1
+and 3 sample 128 at a time), then at the fastest of them tf32, bf16, bf16 + channels_last, and
 bf16 + channels_last + torch.compile with CUDA graphs ("reduce-overhead").
 """
 import argparse
@@ -91,7 +92,7 @@ def train_rate(cfg, corpus: WebCorpus, device, levers: set, made: bool, warm: in
     return timed / (clock[warm + timed] - clock[warm]), model
 
 
-def sample_rate(model, device, n: int, levers: set) -> float:
+def sample_rate(model, device, n: int, levers: set, batch: int) -> float:
     torch.backends.cuda.matmul.allow_tf32 = "tf32" in levers
     if "channels_last" in levers:
         model = model.to(memory_format=torch.channels_last)
@@ -101,10 +102,11 @@ def sample_rate(model, device, n: int, levers: set) -> float:
     amp = torch.autocast(device.type, torch.bfloat16) if "bf16" in levers else \
         contextlib.nullcontext()
     with amp, torch.no_grad():
-        sample(model, prompts[:256], list(range(len(prompts[:256]))), 25, 3.0)  # warm up
+        sample(model, prompts[:batch], list(range(len(prompts[:batch]))), 25, 3.0,
+               batch_size=batch)  # warm up (and compile)
         sync(device)
         t0 = time.perf_counter()
-        sample(model, prompts, list(range(len(prompts))), 25, 3.0, batch_size=256)
+        sample(model, prompts, list(range(len(prompts))), 25, 3.0, batch_size=batch)
         sync(device)
     return len(prompts) / (time.perf_counter() - t0)
 
@@ -117,6 +119,8 @@ def main(argv=None):
     parser.add_argument("--timed", type=int, default=100, help="timed steps (a multiple of 50)")
     parser.add_argument("--sample_n", type=int, default=1024, help="images timed for sampling "
                         "(0: no sampling)")
+    parser.add_argument("--sample_batches", default="128,256,1024",
+                        help="sampling batch sizes timed in fp32")
     parser.add_argument("--levers", default=",".join(LEVERS), help="levers, in order")
     parser.add_argument("--corpus_cache", type=Path, help="the web corpus table's file (e.g. "
                         "runs/gpu/unet/corpus.pt, which train_unet.py then reads)")
@@ -159,17 +163,24 @@ def main(argv=None):
         best = max(best, rate)
         save()
     model = model.eval()
-    samplers = ("fp32", "tf32", "bf16", "bf16+channels_last", "bf16+channels_last+cuda_graphs")
-    for name in samplers if args.sample_n else ():
+    batches = [int(b) for b in args.sample_batches.split(",")]
+    samplers = [(f"fp32 batch {b}", b) for b in batches] + [
+        (name, None) for name in ("tf32", "bf16", "bf16+channels_last",
+                                  "bf16+channels_last+cuda_graphs")]
+    rates = result["sample_images_per_s"]
+    for name, batch in samplers if args.sample_n else ():
         if not cuda and ("tf32" in name or "cuda_graphs" in name):
             continue
+        batch = batch or max(batches, key=lambda b: rates.get(f"fp32 batch {b}", 0))
+        levers = set(name.split(" ")[0].split("+"))
         try:
-            rate = sample_rate(model, device, args.sample_n, set(name.split("+")))
+            rate = sample_rate(model, device, max(args.sample_n, batch), levers, batch)
         except Exception as e:
             result["failed"]["sample " + name] = repr(e)[:500]
             save()
             continue
-        result["sample_images_per_s"][name] = rate
+        name = name if "batch" in name else f"{name} batch {batch}"
+        rates[name] = rate
         print(f"sample {name}: {rate:.0f} images/s", flush=True)
         save()
     print(f"wrote {args.out}")

@@ -59,16 +59,22 @@ def test_reward_seeds(smoke_run, capsys):
 
 
 def test_bench_gpu_preset_on_the_cpu(tmp_path):
-    """The lever benchmark at smoke size: each lever on top of the last, the batch-made bound."""
+    """The lever benchmark at smoke size: each lever on top of the last, the batch-made bound,
+    the samplers (those a CPU has) at the fastest of the batch sizes."""
     out = tmp_path / "smoke.json"
     bench_gpu_preset.main(["--out", str(out), "--preset", "smoke", "--device", "cpu",
-                           "--timed", "50", "--sample_n", "0",
+                           "--timed", "50", "--sample_n", "4", "--sample_batches", "2,4",
                            "--levers", "python_data,table_data"])
     result = json.loads(out.read_text())
     rates = result["train_steps_per_s"]
     assert list(rates) == ["python_data", "python_data (batch made)", "python_data+table_data",
                            "python_data+table_data (batch made)"]
-    assert all(v > 0 for v in rates.values()) and result["sample_images_per_s"] == {}
+    assert all(v > 0 for v in rates.values())
+    samplers = result["sample_images_per_s"]
+    best = max((2, 4), key=lambda b: samplers[f"fp32 batch {b}"])
+    assert list(samplers) == ["fp32 batch 2", "fp32 batch 4", f"bf16 batch {best}",
+                              f"bf16+channels_last batch {best}"], samplers
+    assert all(v > 0 for v in samplers.values()) and result["failed"] == {}
 
 
 def test_bench_loss_says_when_there_is_no_cuda(capsys, monkeypatch):
