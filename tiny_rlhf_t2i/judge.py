@@ -24,7 +24,7 @@ import numpy as np
 from .world import BACKGROUNDS, COLORS, PALETTE, PLURAL, Spec, parse
 
 PALETTE_NAMES = tuple(PALETTE)
-PALETTE_RGB = np.array([PALETTE[n] for n in PALETTE_NAMES], np.float32)  # (P, 3)
+PALETTE_RGB = np.array([PALETTE[n] for n in PALETTE_NAMES], np.int32)  # (P, 3)
 OFF_PALETTE = 60.0  # RGB distance beyond which a pixel belongs to no palette color
 CLEAN_COLOR = 0.8  # fraction of a clean blob's pixels that must be its dominant object color
 SPECK_AREA = 2  # blobs this small (pixels, at 16 px; scaled by area at larger sizes) are ignored
@@ -34,9 +34,9 @@ def quantize(image: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 -> (H, W) index into PALETTE_NAMES, or -1 for off-palette pixels."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    dist = np.linalg.norm(image[:, :, None, :].astype(np.float32) - PALETTE_RGB, axis=-1)  # (H,W,P)
-    idx = dist.argmin(-1)
-    return np.where(dist.min(-1) <= OFF_PALETTE, idx, -1)
+    diff = image[:, :, None, :].astype(np.int32) - PALETTE_RGB  # (H, W, P, 3)
+    dist2 = (diff * diff).sum(-1)  # (H, W, P) squared RGB distances, exact integers
+    return np.where(dist2.min(-1) <= OFF_PALETTE ** 2, dist2.argmin(-1), -1)
 
 
 def connected_components(mask: np.ndarray, diagonal: bool = True) -> list[np.ndarray]:
@@ -54,13 +54,15 @@ def connected_components(mask: np.ndarray, diagonal: bool = True) -> list[np.nda
     label = np.where(mask, np.arange(none).reshape(h, w), none)  # (H, W)
     steps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
              if (dy or dx) and (diagonal or not (dy and dx))]
+    padded = np.full((h + 2, w + 2), none)  # the labels with a border of `none`
+    flat = np.full(none + 1, none)  # the labels by pixel index; index `none` stays `none`
     while True:
-        padded = np.pad(label, 1, constant_values=none)  # (H + 2, W + 2)
+        padded[1:-1, 1:-1] = label
         new = label
         for dy, dx in steps:
             new = np.minimum(new, padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w])
         new = np.where(mask, new, none)
-        flat = np.append(new.ravel(), none)  # index `none` stays `none`
+        flat[:-1] = new.ravel()
         new = flat[new]  # pointer jumping
         if np.array_equal(new, label):
             break
@@ -72,14 +74,6 @@ def connected_components(mask: np.ndarray, diagonal: bool = True) -> list[np.nda
     ys, xs, names = ys[order], xs[order], label[ys, xs][order]
     starts = np.flatnonzero(np.diff(names, prepend=-1))  # first pixel of each component
     return np.split(np.stack([ys, xs], 1), starts[1:])
-
-
-def corner_joined(pixels: np.ndarray, shape: tuple, speck: float) -> bool:
-    """Whether a blob is two or more parts (each bigger than a speck) that touch only at
-    corners, such as two squares placed diagonally: one drawn shape never is."""
-    mask = np.zeros(shape, bool)
-    mask[pixels[:, 0], pixels[:, 1]] = True
-    return sum(len(p) > speck for p in connected_components(mask, diagonal=False)) > 1
 
 
 def classify_silhouette(pixels: np.ndarray) -> str | None:
@@ -122,16 +116,25 @@ def analyze(image: np.ndarray) -> dict:
     bg_idx = PALETTE_NAMES.index(background) if background else -2
     speck = SPECK_AREA * (side / 16) ** 2
     lo, hi = _area_bounds(side)
+    blobs = connected_components(q != bg_idx)
+    blob_of = np.empty(q.shape, int)  # (H, W) the blob of each non-background pixel
+    for i, pixels in enumerate(blobs):
+        blob_of[pixels[:, 0], pixels[:, 1]] = i
+    # Two shapes touching only at a corner are one blob but two parts when corners do not
+    # join (4-connected): one drawn shape never is. Count each blob's parts beyond a speck.
+    parts = np.zeros(len(blobs), int)
+    for part in connected_components(q != bg_idx, diagonal=False):
+        parts[blob_of[part[0, 0], part[0, 1]]] += len(part) > speck
     shapes, malformed = [], []  # shapes: list of (color, shape)
-    for pixels in connected_components(q != bg_idx):
+    for pixels, n_parts in zip(blobs, parts):
         if len(pixels) <= speck:
             continue
         colors = q[pixels[:, 0], pixels[:, 1]]
         idx, n = np.unique(colors[colors >= 0], return_counts=True)
         dominant = PALETTE_NAMES[idx[n.argmax()]] if len(idx) else None
         clean_color = dominant in COLORS and n.max() >= CLEAN_COLOR * len(pixels)
-        shape = (classify_silhouette(pixels) if lo <= len(pixels) <= hi
-                 and not corner_joined(pixels, q.shape, speck) else None)
+        shape = (classify_silhouette(pixels) if lo <= len(pixels) <= hi and n_parts <= 1
+                 else None)
         if clean_color and shape:
             shapes.append((dominant, shape))
         else:
