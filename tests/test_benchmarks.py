@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_gpu_preset  # noqa: E402
+import bench_judge  # noqa: E402
 import bench_loss  # noqa: E402
 import compare_runs  # noqa: E402
 import count_breakdown  # noqa: E402
@@ -96,3 +97,16 @@ def test_compare_runs_finds_a_changed_tensor(smoke_run, tmp_path, capsys):
     assert compare_runs.main([str(smoke_run / "unet"), str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "weights DIFFER (1 tensors)" in out and ".loss_curve" in out
+
+
+def test_bench_judge(tmp_path):
+    """The judge's cost at smoke size; its clean renders (every other image) are judged good."""
+    out = tmp_path / "judge.json"
+    bench_judge.main(["--out", str(out), "--n", "20", "--resolutions", "16,32"])
+    result = json.loads(out.read_text())
+    assert set(result["ms_per_image"]) == {"16px", "32px"}
+    assert all(v > 0 for v in result["ms_per_image"].values())
+    for res in (16, 32):
+        images, records = bench_judge.judge_images(20, res)
+        _, goods, reasons = bench_judge.score(images[::2], records[::2])
+        assert all(goods), reasons
