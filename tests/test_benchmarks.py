@@ -14,6 +14,7 @@ import bench_judge  # noqa: E402
 import bench_loss  # noqa: E402
 import compare_runs  # noqa: E402
 import count_breakdown  # noqa: E402
+import d_model_weights  # noqa: E402
 import reward_breakdown  # noqa: E402
 import reward_seeds  # noqa: E402
 import rounds_seeds  # noqa: E402
@@ -110,3 +111,15 @@ def test_bench_judge(tmp_path):
         images, records = bench_judge.judge_images(20, res)
         _, goods, reasons = bench_judge.score(images[::2], records[::2])
         assert all(goods), reasons
+
+
+def test_d_model_weights(smoke_run, capsys):
+    """Round 1's D_model of the smoke run: the shares of weight per group, and in all."""
+    fb = smoke_run / "feedback"
+    d_model_weights.main(["--reward_dir", str(smoke_run / "reward"), "--labeled", str(fb / "train"),
+                          "--unlabeled", str(fb / "unlabeled")])
+    out = capsys.readouterr().out
+    n = sum(1 for _ in open(fb / "train" / "labels.jsonl")) + sum(
+        1 for _ in open(fb / "unlabeled" / "samples.jsonl"))
+    assert out.startswith(f"{n} images; mean reward: good ") and f"| all | {n} | " in out
+    assert "| count/2 | " in out
