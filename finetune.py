@@ -287,8 +287,22 @@ def finetune(folder: Path, run: Run, start, inputs: Inputs, d_model: DModel, cfg
     return ema_model, finished
 
 
+class Clock:
+    """Wall-clock seconds of stage 3's phases, added up over runs and rounds: where the time
+    goes (metrics.json, summary.md)."""
+
+    def __init__(self):
+        self.seconds, self.last = {}, time.time()
+
+    def lap(self, phase: str):
+        """Charge the time since the last lap to `phase`."""
+        now = time.time()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+
 def run_rounds(name: str, run: Run, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, device,
-               mse, evaluator):
+               mse, evaluator, clock: Clock):
     """The rounds of one run (one round: the paper's method), each evaluated. Round k lives in
     out_dir/name/round{k}: its samples, labels, reward, checkpoint and evaluation. --stop_after
     counts the run's steps over all rounds. Returns (model, metrics, goods, one curve point per
@@ -311,7 +325,9 @@ def run_rounds(name: str, run: Run, inputs: Inputs, d_model: DModel, cfg: Finetu
         if run.weights is not None and k > 1:
             d_model, reward = next_round_d_model(folder, k, run, model, labels, rcfg, inputs,
                                                  reward, device)
+            clock.lap("D_model samples, labels, rewards")
         model, finished = finetune(folder, run, model, inputs, d_model, rcfg, device, mse)
+        clock.lap("training")
         if not finished:
             return None
         if evaluator is None:
@@ -319,6 +335,7 @@ def run_rounds(name: str, run: Run, inputs: Inputs, d_model: DModel, cfg: Finetu
             continue
         metrics, goods, _ = evaluator.model(model, f"{name}/round{k}", folder / "eval.json",
                                             reuse=cfg.resume)
+        clock.lap("evaluation")
         points.append({"round": k, "steps": k * per_round, **curve_point(metrics)})
     return model, metrics, goods, points
 
@@ -351,7 +368,7 @@ def main(argv=None):
     device = pick_device(cfg.device, cfg.threads)
     mse = resolve_loss_backend(cfg.loss_backend)
     out = check_writable(cfg.out_dir)
-    t0 = time.time()
+    t0, clock = time.time(), Clock()
 
     # ---- Load what the earlier stages made (each missing file names the command that makes it).
     made_by = f"python train_reward.py --preset {cfg.preset}"
@@ -363,10 +380,11 @@ def main(argv=None):
     inputs = Inputs(pretrained, pre, WebCorpus(pre, device, Path(cfg.unet_dir) / "corpus.pt"),
                     reward, *load_stage2(cfg.reward_dir, made_by),
                     load_feedback(Path(cfg.feedback_dir) / "train", made_by))
+    clock.lap("loading")
     if not distributed.is_main():  # under torchrun: train on its share of each batch, no more
         d_model = build_d_model(cfg, inputs, device)
         for name in cfg.runs.split(","):
-            run_rounds(name, RUNS[name], inputs, d_model, cfg, device, mse, None)
+            run_rounds(name, RUNS[name], inputs, d_model, cfg, device, mse, None, clock)
         return
     evaluator = Evaluator(cfg.eval_samples_per_prompt, cfg.num_inference_steps,
                           cfg.guidance_scale, pretrained.cfg.resolution, reward,
@@ -374,12 +392,15 @@ def main(argv=None):
     metrics, goods, first = evaluator.model(pretrained, "pretrained", out / "pretrained_eval.json")
     metrics, goods = {"pretrained": metrics}, {"pretrained": goods}
     start = {"round": 0, "steps": 0, **curve_point(metrics["pretrained"])}
+    clock.lap("evaluation")
 
     # ---- Round 1's D_model (labeled + unlabeled, scored by r), then each run's rounds.
     d_model = build_d_model(cfg, inputs, device)
+    clock.lap("D_model samples, labels, rewards")
     models, curves = {"pretrained": pretrained}, {}
     for name in cfg.runs.split(","):
-        result = run_rounds(name, RUNS[name], inputs, d_model, cfg, device, mse, evaluator)
+        result = run_rounds(name, RUNS[name], inputs, d_model, cfg, device, mse, evaluator,
+                            clock)
         if result is None:
             print(f"stopped by --stop_after in run {name}; the same command with --resume true "
                   f"goes on from there")
@@ -393,6 +414,7 @@ def main(argv=None):
         name = f"best_of_{cfg.best_of_n}"
         metrics[name], goods[name] = evaluator.images(best_of_n(pretrained, reward,
                                                                 evaluator.records, first, cfg))
+        clock.lap("best-of-n")
     for name in metrics:
         if name != "pretrained":
             metrics[name]["win_rate_vs_pretrained"] = win_rate(goods[name], goods["pretrained"])
@@ -407,29 +429,32 @@ def main(argv=None):
               out / "before_after.png")
     alignment_bars(metrics, out / "alignment.png")
     round_curves(curves, out / "rounds.png")
+    clock.lap("grids and plots")
     n_labels = {name: len(inputs.stage1[0]) + ((RUNS[name].rounds or cfg.rounds) - 1)
                 * cfg.labels_per_round for name in curves if RUNS[name].weights == "reward"}
     result = {"before": metrics["pretrained"], "after": metrics[main_run], "models": metrics,
               "rounds": curves, "labels": n_labels, "seconds": round(time.time() - t0),
-              "train_seconds": round(train_s), "config": dataclasses.asdict(cfg)}
+              "train_seconds": round(train_s), "phase_seconds": clock.seconds,
+              "config": dataclasses.asdict(cfg)}
     result["win_rate"] = metrics[main_run].get("win_rate_vs_pretrained")
     if "control" in metrics:
         result["control"] = metrics["control"]
     write_metrics(out, result, report_md(metrics, curves, n_labels, cfg, main_run,
-                                         result["seconds"]))
+                                         result["seconds"], clock.seconds))
     print((out / "summary.md").read_text())
     print(f"report: {out / 'summary.md'}   grid: {out / 'before_after.png'}   "
           f"plots: {out / 'alignment.png'}, {out / 'rounds.png'}")
 
 
 def report_md(metrics: dict, curves: dict, n_labels: dict, cfg: FinetuneConfig, main_run: str,
-              seconds: float) -> str:
+              seconds: float, phases: dict) -> str:
     """The results tables: alignment (per category, split), fidelity and win rates, each run's
     own settings; then every round of every run (the over-optimization curve)."""
     pct = lambda r: "-" if r is None else (f"{100 * r['win']:.1f} / {100 * r['tie']:.1f} / "
                                            f"{100 * r['loss']:.1f}")
     lines = [f"# Stage 3: reward-weighted fine-tuning (preset {cfg.preset}, "
-             f"{seconds / 60:.1f} min)",
+             f"{seconds / 60:.1f} min)", "",
+             "Seconds per phase: " + "; ".join(f"{k} {v:.0f}" for k, v in phases.items()) + ".",
              "", f"Main run: `{main_run}`; {cfg.steps} steps per run, batch {cfg.batch_size} "
              f"({cfg.model_fraction:.0%} D_model). Gold-judge alignment with 95% CI "
              f"({cfg.eval_samples_per_prompt} samples per evaluation prompt):", "",

@@ -66,6 +66,11 @@ def test_smoke_pipeline_end_to_end(smoke_run):
     assert [p["steps"] for p in m3["rounds"]["control"]] == [0, 5, 10]
     assert m3["labels"] == {"feedback": 64 + 8}  # stage 1's labels + one round's budget
     assert not (tmp_path / "finetune" / "report.md").exists()  # one report: summary.md
+    # Where stage 3's time went: every second charged to one phase.
+    phases = m3["phase_seconds"]
+    assert list(phases) == ["loading", "evaluation", "D_model samples, labels, rewards",
+                            "training", "best-of-n", "grids and plots"]
+    assert abs(sum(phases.values()) - m3["seconds"]) <= 1
 
 
 def test_best_of_n_ranks_by_the_logit_not_the_saturated_reward():
