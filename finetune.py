@@ -454,7 +454,8 @@ def report_md(metrics: dict, curves: dict, n_labels: dict, cfg: FinetuneConfig, 
                                            f"{100 * r['loss']:.1f}")
     lines = [f"# Stage 3: reward-weighted fine-tuning (preset {cfg.preset}, "
              f"{seconds / 60:.1f} min)", "",
-             "Seconds per phase: " + "; ".join(f"{k} {v:.0f}" for k, v in phases.items()) + ".",
+             "Time per phase: " + "; ".join(f"{k} {v / 60:.1f} min" for k, v in phases.items())
+             + " (seconds in metrics.json).",
              "", f"Main run: `{main_run}`; {cfg.steps} steps per run, batch {cfg.batch_size} "
              f"({cfg.model_fraction:.0%} D_model). Gold-judge alignment with 95% CI "
              f"({cfg.eval_samples_per_prompt} samples per evaluation prompt):", "",
