@@ -1,8 +1,8 @@
 """Stage 3: reward-weighted fine-tuning and the before/after evaluation (Lee et al. 2023, Sec. 3.3).
 
 1. D_model: the labeled feedback images plus fresh *unlabeled* samples of the pretrained model
-   on seen feedback prompts, every image weighted by the reward model's score r_phi(x, z).
-   D_pre: the web corpus (pretraining data).
+   on seen feedback prompts, every image weighted by the reward model's score r_phi(x, z)
+   (feedback.load_d_model). D_pre: the web corpus (pretraining data).
 2. Fine-tune with Eq. 2: reward-weighted denoising loss on D_model + beta * denoising loss on
    D_pre, half of every batch from each (losses.finetune_loss), in the same training loop as
    stage 0 (train_loop.py). One change to the paper, on by default (--balance false undoes
@@ -41,23 +41,21 @@ import numpy as np
 import torch
 
 from tiny_rlhf_t2i import distributed, seeds
-from tiny_rlhf_t2i.config import UserError, check_range, parse_config, require, run
+from tiny_rlhf_t2i.config import check_range, parse_config, require, run
 from tiny_rlhf_t2i.corpus import WebCorpus
-from tiny_rlhf_t2i.diffusion import NUM_TRAIN_TIMESTEPS, to_model_space
+from tiny_rlhf_t2i.diffusion import NUM_TRAIN_TIMESTEPS
 from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, Evaluator, alignment_table, generate,
                                     sample_grid_rows, win_rate)
-from tiny_rlhf_t2i.feedback import (collect, feedback_records, load_labeled, load_rows,
-                                    read_rows)
+from tiny_rlhf_t2i.feedback import DModel, collect, feedback_records, load_d_model, load_feedback
 from tiny_rlhf_t2i.files import (atomic_write_text, check_writable, pick_device, save_checkpoint,
                                  save_grid, write_metrics)
 from tiny_rlhf_t2i.kernels import BACKENDS, resolve_loss_backend
 from tiny_rlhf_t2i.losses import balance_groups, eq2_weights
 from tiny_rlhf_t2i.plots import alignment_bars, round_curves
 from tiny_rlhf_t2i.reward import RewardTrainConfig, load_reward, load_stage2, train_reward_model
-from tiny_rlhf_t2i.text import encode
 from tiny_rlhf_t2i.train_loop import Batch, LoopConfig, drop_captions, train
 from tiny_rlhf_t2i.unet import load_model
-from tiny_rlhf_t2i.world import CATEGORIES, parse
+from tiny_rlhf_t2i.world import CATEGORIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,45 +154,6 @@ class Inputs:
     clip: torch.nn.Module  # our CLIP, to train the reward again in later rounds
     stage2: dict  # stage 2's config: the reward's training settings, stage 1's flip rate
     stage1: tuple  # the labeled feedback set (load_feedback): rows, images, judge verdicts
-
-
-@dataclasses.dataclass
-class DModel:
-    """D_model of Eq. 2: the labeled feedback images, then the unlabeled samples."""
-    x: torch.Tensor  # (N, 3, H, W) images in [-1, 1]
-    ids: torch.Tensor  # (N, L) their prompts
-    reward: torch.Tensor  # (N,) r_phi(x, z)
-    gold: torch.Tensor  # (N,) the gold judge's verdict, 1. or 0.
-    labeled: torch.Tensor  # (N,) bool: from the labeled feedback set (else unlabeled)
-    group: list[str]  # "category/count" of each prompt (losses.balance_groups)
-
-
-def load_feedback(folder: Path, made_by: str) -> tuple[list[dict], np.ndarray, dict]:
-    """A labeled feedback folder: its label rows, their images (N, H, W, 3) uint8, and the
-    judge's verdict of each image by id (from samples.jsonl: gold weights)."""
-    rows, images = load_labeled(folder, made_by)
-    judged = {r["id"]: r["judge_good"]  # the rows only: their images are loaded above
-              for r in read_rows(folder / "samples.jsonl", made_by)}
-    unknown = [r["id"] for r in rows if r["id"] not in judged]
-    if unknown:
-        raise UserError(f"{folder / 'labels.jsonl'} labels images that are not in "
-                        f"its samples.jsonl ({unknown[:3]}); run `{made_by}` again")
-    return rows, images, judged
-
-
-def load_d_model(labeled: tuple, unlabeled: Path, reward, device) -> DModel:
-    """D_model from a labeled feedback set (load_feedback) and an unlabeled folder, every image
-    scored by the reward r."""
-    rows, images, judged = labeled
-    u_rows, u_images = load_rows(unlabeled, "samples.jsonl", "python finetune.py")
-    all_rows, all_images = rows + u_rows, np.concatenate([images, u_images])
-    prompts = [r["prompt"] for r in all_rows]
-    return DModel(x=to_model_space(all_images), ids=encode(prompts),
-                  reward=reward.to(device).score(all_images, prompts).cpu(),
-                  gold=torch.tensor([float(judged[r["id"]]) for r in rows]
-                                    + [float(r["judge_good"]) for r in u_rows]),
-                  labeled=torch.arange(len(all_rows)) < len(rows),
-                  group=[f"{r['category']}/{parse(r['prompt']).count}" for r in all_rows])
 
 
 def build_d_model(cfg: FinetuneConfig, inputs: Inputs, device) -> DModel:

@@ -3,7 +3,7 @@
     python benchmarks/d_model_weights.py      # runs/reward, data/feedback/{train,unlabeled}
 
 D_model is stage 1's labeled images plus the unlabeled samples of the pretrained model, each
-weighted by the reward (finetune.load_d_model), then balanced per prompt group
+weighted by the reward (feedback.load_d_model), then balanced per prompt group
 (losses.balance_groups). If fine-tuning teaches malformed shapes, either D_model puts weight on
 malformed images (the reward cannot see them) or the training itself drifts: this says which,
 by the share of the weight that lands on images the gold judge calls malformed (any blob that
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-import finetune  # noqa: E402
+from tiny_rlhf_t2i import feedback  # noqa: E402
 from tiny_rlhf_t2i.diffusion import to_uint8  # noqa: E402
 from tiny_rlhf_t2i.judge import analyze  # noqa: E402
 from tiny_rlhf_t2i.losses import balance_groups  # noqa: E402
@@ -31,8 +31,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     made_by = "python train_reward.py"
     reward = load_reward(args.reward_dir, made_by)
-    labeled = finetune.load_feedback(args.labeled, made_by)
-    d = finetune.load_d_model(labeled, args.unlabeled, reward, "cpu")
+    labeled = feedback.load_feedback(args.labeled, made_by)
+    d = feedback.load_d_model(labeled, args.unlabeled, reward, "cpu")
     malformed = np.array([bool(analyze(im)["malformed"]) for im in to_uint8(d.x)])  # (N,)
     good = d.gold.numpy().astype(bool)
     plain = d.reward.clamp(min=0).numpy()  # Eq. 2's weights (rewards below 0 count 0)

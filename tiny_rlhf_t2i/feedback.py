@@ -10,20 +10,27 @@ A feedback folder holds
 Both files are rewritten atomically after every chunk, so an interrupted collection resumes
 from its last chunk without losing or duplicating an image. People can label the same folder
 in a browser: `python -m tiny_rlhf_t2i.label FOLDER`.
+
+Stage 3 learns from these folders: `load_d_model` makes D_model of Eq. 2 from a labeled folder
+and an unlabeled one, every image scored by the reward.
 """
+import dataclasses
 import textwrap
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from . import seeds
 from .config import UserError
+from .diffusion import to_model_space
 from .evaluate import generate
 from .files import check_writable, read_jsonl, save_image, write_jsonl
 from .judge import judge
-from .world import CATEGORIES, prompt_set, to_prompt
+from .text import encode
+from .world import CATEGORIES, parse, prompt_set, to_prompt
 
 REQUIRED = ("id", "image", "prompt", "category", "split", "seed", "label")
 
@@ -144,6 +151,45 @@ def load_rows(folder, name: str, made_by: str) -> tuple[list[dict], np.ndarray]:
 def load_labeled(folder, made_by: str) -> tuple[list[dict], np.ndarray]:
     """The labeled images of a feedback folder: (rows, (N, H, W, 3) uint8 images)."""
     return load_rows(folder, "labels.jsonl", made_by)
+
+
+@dataclasses.dataclass
+class DModel:
+    """D_model of Eq. 2: the labeled feedback images, then the unlabeled samples."""
+    x: torch.Tensor  # (N, 3, H, W) images in [-1, 1]
+    ids: torch.Tensor  # (N, L) their prompts
+    reward: torch.Tensor  # (N,) r_phi(x, z)
+    gold: torch.Tensor  # (N,) the gold judge's verdict, 1. or 0.
+    labeled: torch.Tensor  # (N,) bool: from the labeled feedback set (else unlabeled)
+    group: list[str]  # "category/count" of each prompt (losses.balance_groups)
+
+
+def load_feedback(folder: Path, made_by: str) -> tuple[list[dict], np.ndarray, dict]:
+    """A labeled feedback folder: its label rows, their images (N, H, W, 3) uint8, and the
+    judge's verdict of each image by id (from samples.jsonl: gold weights)."""
+    rows, images = load_labeled(folder, made_by)
+    judged = {r["id"]: r["judge_good"]  # the rows only: their images are loaded above
+              for r in read_rows(folder / "samples.jsonl", made_by)}
+    unknown = [r["id"] for r in rows if r["id"] not in judged]
+    if unknown:
+        raise UserError(f"{folder / 'labels.jsonl'} labels images that are not in "
+                        f"its samples.jsonl ({unknown[:3]}); run `{made_by}` again")
+    return rows, images, judged
+
+
+def load_d_model(labeled: tuple, unlabeled: Path, reward, device) -> DModel:
+    """D_model from a labeled feedback set (load_feedback) and an unlabeled folder, every image
+    scored by the reward r."""
+    rows, images, judged = labeled
+    u_rows, u_images = load_rows(unlabeled, "samples.jsonl", "python finetune.py")
+    all_rows, all_images = rows + u_rows, np.concatenate([images, u_images])
+    prompts = [r["prompt"] for r in all_rows]
+    return DModel(x=to_model_space(all_images), ids=encode(prompts),
+                  reward=reward.to(device).score(all_images, prompts).cpu(),
+                  gold=torch.tensor([float(judged[r["id"]]) for r in rows]
+                                    + [float(r["judge_good"]) for r in u_rows]),
+                  labeled=torch.arange(len(all_rows)) < len(rows),
+                  group=[f"{r['category']}/{parse(r['prompt']).count}" for r in all_rows])
 
 
 def label_summary(rows: list[dict]) -> dict:
