@@ -70,8 +70,9 @@ def connected_components(mask: np.ndarray, diagonal: bool = True) -> list[np.nda
     ys, xs = np.nonzero(mask)
     if not len(ys):
         return []
-    order = np.argsort(label[ys, xs], kind="stable")  # pixels grouped by component
-    ys, xs, names = ys[order], xs[order], label[ys, xs][order]
+    names = label[ys, xs]  # each mask pixel's component: the index of its first pixel
+    order = np.argsort(names, kind="stable")  # pixels grouped by component
+    ys, xs, names = ys[order], xs[order], names[order]
     starts = np.flatnonzero(np.diff(names, prepend=-1))  # first pixel of each component
     return np.split(np.stack([ys, xs], 1), starts[1:])
 
@@ -116,14 +117,15 @@ def analyze(image: np.ndarray) -> dict:
     bg_idx = PALETTE_NAMES.index(background) if background else -2
     speck = SPECK_AREA * (side / 16) ** 2
     lo, hi = _area_bounds(side)
-    blobs = connected_components(q != bg_idx)
+    foreground = q != bg_idx  # (H, W) every pixel that is not the background
+    blobs = connected_components(foreground)
     blob_of = np.empty(q.shape, int)  # (H, W) the blob of each non-background pixel
     for i, pixels in enumerate(blobs):
         blob_of[pixels[:, 0], pixels[:, 1]] = i
     # Two shapes touching only at a corner are one blob but two parts when corners do not
     # join (4-connected): one drawn shape never is. Count each blob's parts beyond a speck.
     parts = np.zeros(len(blobs), int)
-    for part in connected_components(q != bg_idx, diagonal=False):
+    for part in connected_components(foreground, diagonal=False):
         parts[blob_of[part[0, 0], part[0, 1]]] += len(part) > speck
     shapes, malformed = [], []  # shapes: list of (color, shape)
     for pixels, n_parts in zip(blobs, parts):
