@@ -5,28 +5,28 @@
    (feedback.load_d_model). D_pre: the web corpus (pretraining data).
 2. Fine-tune with Eq. 2: reward-weighted denoising loss on D_model + beta * denoising loss on
    D_pre, half of every batch from each (losses.finetune_loss), in the same training loop as
-   stage 0 (train_loop.py). One change to the paper, on by default (--balance false undoes
-   it): the weights are rescaled so that prompts the model rarely gets right ("three ...")
-   keep their share of D_model (losses.balance_groups).
-3. Rounds of feedback (our extension; the paper names online feedback as its next step): in
-   round k >= 2 the current model is sampled afresh on the feedback prompts, stage 1's labeler
-   labels a budget of those samples, the reward is trained again on every label so far, and
-   the model is fine-tuned again with Eq. 2 on its new samples. The model's own samples teach
-   only the high-noise timesteps (--model_t_min, train_loop.step_loss): what to draw, not how
-   to draw it. `--rounds 1 --model_t_min 0` (the run `paper`) is the paper's method.
+   stage 0 (train_loop.py). Beyond the paper, each switched by a flag: the weights are rescaled
+   so that prompts the model rarely gets right keep their share of D_model (--balance,
+   losses.balance_groups); the model's own samples teach only the high-noise timesteps
+   (--model_t_min, train_loop.step_loss); a KL anchor keeps the model's noise prediction on its
+   own samples close to the frozen pretrained model's (--anchor, losses.anchor_loss).
+3. Rounds of feedback (the paper names online feedback as its next step): in round k >= 2 the
+   current model is sampled afresh on the feedback prompts, stage 1's labeler labels a budget of
+   those samples, the reward is trained again on every label so far, and the model is
+   fine-tuned again with Eq. 2 on its new samples.
 4. Two more runs make the result honest: the *control* (the same steps, rounds and optimizer on
    D_pre alone: whatever it gains is extra training, not feedback) and *gold* (the judge's
-   verdicts as weights: a perfect reward model, the ceiling of the method).
+   verdicts as weights: a perfect reward model, the ceiling of the method). `paper` is the
+   paper's method as the paper has it: one offline round, every timestep, no balancing, no
+   anchor.
 5. Evaluate every round of every run on the same prompts, seeds and sampler noise with the gold
-   judge: alignment, fidelity (well-formed rate, FD), mean reward (the over-optimization curve),
-   count per number, win rate, diversity, and the best-of-n baseline; write summary.md,
-   metrics.json, a before/after grid, a plot of alignment per category and one per round.
+   judge (report.py writes the tables, grids and plots). --evaluation val draws other seeds of
+   the same prompts: choose settings there, report on the default (test) seeds.
 
     python finetune.py                                   # after train_reward.py
-    python finetune.py --runs paper,control --rounds 1 --model_t_min 0  # the paper's method
-    python finetune.py --runs labeled_only,labeled_unlabeled_beta0,paper,unbalanced,beta1 \\
-        --rounds 1 --model_t_min 0 --steps 750 --eval_samples_per_prompt 8 --best_of_n 1 \\
-        --out_dir runs/ablation  # the paper's Table 3
+    python finetune.py --runs paper,control --rounds 1   # the paper's method and its control
+    python finetune.py --runs labeled_only,labeled_unlabeled_beta0,paper,beta1 --rounds 1 \\
+        --steps 750 --eval_samples_per_prompt 8 --best_of_n 1 --out_dir runs/ablation  # Table 3
     torchrun --standalone --nproc_per_node 8 finetune.py --preset gpu  # 8 GPUs (DDP): rank 0
         samples, labels, evaluates and writes; every rank trains on its share of each batch
 """
@@ -40,48 +40,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tiny_rlhf_t2i import distributed, seeds
+from tiny_rlhf_t2i import distributed, report, seeds
 from tiny_rlhf_t2i.config import check_range, parse_config, require, run
 from tiny_rlhf_t2i.corpus import WebCorpus
-from tiny_rlhf_t2i.diffusion import NUM_TRAIN_TIMESTEPS
-from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, Evaluator, alignment_table, generate,
-                                    sample_grid_rows, win_rate)
-from tiny_rlhf_t2i.feedback import DModel, collect, feedback_records, load_d_model, load_feedback
-from tiny_rlhf_t2i.files import (atomic_write_text, check_writable, pick_device, save_checkpoint,
-                                 save_grid, write_metrics)
+from tiny_rlhf_t2i.diffusion import NUM_TRAIN_TIMESTEPS, Scheduler
+from tiny_rlhf_t2i.evaluate import Evaluator, generate
+from tiny_rlhf_t2i.feedback import (DModel, Feedback, collect, feedback_records, load_d_model,
+                                    load_feedback, stack_images)
+from tiny_rlhf_t2i.files import atomic_write_text, check_writable, pick_device, save_checkpoint
 from tiny_rlhf_t2i.kernels import BACKENDS, resolve_loss_backend
-from tiny_rlhf_t2i.losses import balance_groups, eq2_weights
-from tiny_rlhf_t2i.plots import alignment_bars, round_curves
+from tiny_rlhf_t2i.losses import balance_groups, eq2_weights, kl_step_weights
 from tiny_rlhf_t2i.reward import RewardTrainConfig, load_reward, load_stage2, train_reward_model
-from tiny_rlhf_t2i.train_loop import Batch, LoopConfig, drop_captions, train
+from tiny_rlhf_t2i.train_loop import Anchor, Batch, LoopConfig, drop_captions, train
 from tiny_rlhf_t2i.unet import load_model
-from tiny_rlhf_t2i.world import CATEGORIES
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """What one fine-tuning run trains on."""
-    weights: str | None  # D_model weights: "reward" (r_phi), "gold" (the judge), None (control)
-    unlabeled: bool = True  # D_model holds the unlabeled samples too (the labeled ones always)
-    beta: float | None = None  # weight of the pretraining loss (None: --beta)
-    balance: bool | None = None  # rescale weights per prompt group (None: --balance)
-    rounds: int | None = None  # rounds of feedback (None: --rounds)
-    t_min: int | None = None  # own samples teach timesteps >= t_min (None: --model_t_min)
-
-
-RUNS = {
-    "feedback": Run("reward"),  # the method: rounds of feedback, own samples at high noise
-    "paper": Run("reward", rounds=1, t_min=0),  # the paper's method: one offline round
-    "control": Run(None),  # same steps and rounds, D_pre only: extra training without feedback
-    "gold": Run("gold"),  # a perfect reward model: the ceiling of the method
-    "unbalanced": Run("reward", balance=False),  # plain Eq. 2 weights
-    # The paper's Table 3: labeled only; + unlabeled; + pretraining loss (= feedback); beta.
-    "labeled_only": Run("reward", unlabeled=False, beta=0.0),
-    "labeled_unlabeled_beta0": Run("reward", beta=0.0),
-    "beta0.5": Run("reward", beta=0.5),
-    "beta1": Run("reward", beta=1.0),
-    "beta2": Run("reward", beta=2.0),
-}
 
 
 @dataclasses.dataclass
@@ -95,6 +66,8 @@ class FinetuneConfig(LoopConfig):
     runs: str = "feedback,control,gold"  # fine-tuning runs, comma-separated (RUNS in finetune.py)
     rounds: int = 2  # rounds of feedback, each on fresh samples of the current model (1: paper)
     model_t_min: int = 500  # own samples teach timesteps >= this only (0: every t, the paper)
+    anchor: float = 0.0  # lambda: weight of the KL anchor to the pretrained model (0: off)
+    anchor_weighting: str = "kl"  # the anchor's weight per timestep: kl (the exact KL's) or uniform
     labels_per_round: int = 500  # new labels by stage 1's labeler in each round after the first
     unlabeled_per_category: int = 1000  # own samples per category and round (paper: 16K in all)
     beta: float = 0.1  # weight of the pretraining loss, Eq. 2 (paper: 1; see docs/results.md)
@@ -109,6 +82,7 @@ class FinetuneConfig(LoopConfig):
     p_uncond: float = 0.1  # caption dropout on every row, as in pretraining (guidance needs it)
     guidance_scale: float = 3.0  # sampling for the unlabeled set and the evaluation
     num_inference_steps: int = 25  # DDIM steps
+    evaluation: str = "test"  # seeds of the evaluation: test (reported) or val (to choose settings)
     eval_samples_per_prompt: int = 16  # samples per fixed evaluation prompt (88 prompts)
     best_of_n: int = 4  # best-of-n baseline: n samples of the pretrained model, keep the best
     fd_net_steps: int = 600  # training steps of the FD feature network (cached in runs/fd)
@@ -121,9 +95,13 @@ class FinetuneConfig(LoopConfig):
         unknown = [r for r in self.runs.split(",") if r not in RUNS]
         require(not unknown, f"--runs: unknown run(s) {unknown}; valid runs: {', '.join(RUNS)}")
         require(self.loss_backend in BACKENDS, f"--loss_backend must be one of {BACKENDS}")
+        require(self.anchor_weighting in ("kl", "uniform"),
+                f"--anchor_weighting must be kl or uniform, not {self.anchor_weighting!r}")
+        require(self.evaluation in ("test", "val"),
+                f"--evaluation must be test or val, not {self.evaluation!r}")
         check_range(self, "model_fraction", 0, 1, open_lo=True)
         check_range(self, "p_uncond", 0, 1, open_hi=True)
-        check_range(self, "beta unlabeled_per_category guidance_scale threads", 0)
+        check_range(self, "beta anchor unlabeled_per_category guidance_scale threads", 0)
         check_range(self, "rounds", 1)
         check_range(self, "model_t_min", 0, NUM_TRAIN_TIMESTEPS, open_hi=True)
         check_range(self, "labels_per_round", 0, 4 * self.unlabeled_per_category)
@@ -131,6 +109,32 @@ class FinetuneConfig(LoopConfig):
                 f"({self.rounds}): the steps are split over the rounds")
         check_range(self, "best_of_n eval_samples_per_prompt num_inference_steps fd_net_steps", 1)
 
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What one fine-tuning run trains on; `settings` overrides the command line's config."""
+    weights: str | None  # D_model weights: "reward" (r_phi), "gold" (the judge), None (control)
+    unlabeled: bool = True  # D_model holds the unlabeled samples too (the labeled ones always)
+    settings: dict = dataclasses.field(default_factory=dict)  # FinetuneConfig fields it fixes
+
+    def config(self, cfg: FinetuneConfig) -> FinetuneConfig:
+        """This run's settings, resolved once."""
+        return dataclasses.replace(cfg, **self.settings)
+
+
+RUNS = {
+    "feedback": Run("reward"),  # the method, at the command line's settings
+    "control": Run(None),  # same steps and rounds, D_pre only: extra training without feedback
+    "gold": Run("gold"),  # a perfect reward model: the ceiling of the method
+    "paper": Run("reward", settings=dict(rounds=1, model_t_min=0, balance=False, anchor=0.0)),
+    "unbalanced": Run("reward", settings=dict(balance=False)),  # plain Eq. 2 weights
+    # The paper's Table 3: labeled only; + unlabeled; + pretraining loss (= paper); beta.
+    "labeled_only": Run("reward", unlabeled=False, settings=dict(beta=0.0)),
+    "labeled_unlabeled_beta0": Run("reward", settings=dict(beta=0.0)),
+    "beta0.5": Run("reward", settings=dict(beta=0.5)),
+    "beta1": Run("reward", settings=dict(beta=1.0)),
+    "beta2": Run("reward", settings=dict(beta=2.0)),
+}
 
 PRESETS = {
     "smoke": dict(unet_dir="runs/smoke/unet", reward_dir="runs/smoke/reward",
@@ -153,70 +157,71 @@ class Inputs:
     reward: torch.nn.Module  # stage 2's reward model r_phi
     clip: torch.nn.Module  # our CLIP, to train the reward again in later rounds
     stage2: dict  # stage 2's config: the reward's training settings, stage 1's flip rate
-    stage1: tuple  # the labeled feedback set (load_feedback): rows, images, judge verdicts
+    stage1: Feedback  # stage 1's labeled feedback set
 
 
-def build_d_model(cfg: FinetuneConfig, inputs: Inputs, device) -> DModel:
-    """Round 1's D_model (the paper's): stage 1's labeled set plus unlabeled samples of the
-    pretrained model (sampled once, resumable, by rank 0), every image scored by the reward."""
-    fb = Path(cfg.feedback_dir)
-    records = feedback_records("seen", cfg.unlabeled_per_category, cfg.seed + seeds.UNLABELED)
-    if distributed.is_main():
-        collect(inputs.pretrained, fb / "unlabeled", records, flip_rate=0.0, labeler="none",
-                num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
-    distributed.barrier()  # under torchrun the other ranks read what rank 0 sampled
-    return load_d_model(inputs.stage1, fb / "unlabeled", inputs.reward, device)
+def load_inputs(cfg: FinetuneConfig, device) -> Inputs:
+    """Stages 0-2's outputs; each missing file names the command that makes it."""
+    made_by = f"python train_reward.py --preset {cfg.preset}"
+    pretrained, pre = load_model(Path(cfg.unet_dir) / "ckpt.pt",
+                                 f"python train_unet.py --preset {cfg.preset}")
+    # channels_last: the convolutions run faster on CPU; same math.
+    pretrained = pretrained.to(device, memory_format=torch.channels_last)
+    return Inputs(pretrained, pre, WebCorpus(pre, device, Path(cfg.unet_dir) / "corpus.pt"),
+                  load_reward(Path(cfg.reward_dir), made_by), *load_stage2(cfg.reward_dir, made_by),
+                  load_feedback(Path(cfg.feedback_dir) / "train", made_by))
 
 
-def next_round_d_model(folder: Path, k: int, run: Run, model, labels: list, cfg: FinetuneConfig,
-                       inputs: Inputs, reward, device):
-    """D_model of round k >= 2: fresh samples of the current model on the seen feedback prompts;
-    stage 1's labeler labels cfg.labels_per_round of them (appended to `labels`, every label so
-    far); a reward run trains the reward again on all of them (Eq. 1, stage 2's settings).
-    Returns (D_model, the reward that scored it)."""
-    records = feedback_records("seen", cfg.unlabeled_per_category,
-                               seeds.round_seed(cfg.seed, k) + seeds.UNLABELED)
-    picked = set((np.arange(cfg.labels_per_round) * len(records)) // max(1, cfg.labels_per_round)
-                 if cfg.labels_per_round else [])  # evenly over the four categories
-    stage2 = inputs.stage2
+# ----------------------------------------------------------------------------- D_model
+def sample_round(model, folder: Path, records: list[dict], n_labels: int, flip_rate: float,
+                 cfg: FinetuneConfig) -> Feedback:
+    """Sample `model` on the records into folder/labeled (n_labels of them, evenly over the
+    four categories, labeled by stage 1's labeler) and folder/unlabeled (the rest); rank 0
+    samples, the other ranks wait. Returns the labeled set (empty if n_labels is 0)."""
+    picked = set((np.arange(n_labels) * len(records)) // max(1, n_labels))
     sampling = dict(num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
-    if distributed.is_main():  # under torchrun rank 0 samples and labels, the others wait
-        collect(model, folder / "labeled", [r for i, r in enumerate(records) if i in picked],
-                flip_rate=stage2["flip_rate"], **sampling)
+    if distributed.is_main():
+        if n_labels:
+            collect(model, folder / "labeled", [r for i, r in enumerate(records) if i in picked],
+                    flip_rate=flip_rate, **sampling)
         collect(model, folder / "unlabeled", [r for i, r in enumerate(records) if i not in picked],
                 flip_rate=0.0, labeler="none", **sampling)
     distributed.barrier()
-    labeled = load_feedback(folder / "labeled", "python finetune.py")
-    labels.append(labeled[:2])
-    if run.weights == "reward" and cfg.labels_per_round:
-        if distributed.is_main() and not (cfg.resume and (folder / "reward.pt").exists()):
-            names = {f.name for f in dataclasses.fields(RewardTrainConfig)}
-            rcfg = RewardTrainConfig(**{**{n: stage2[n] for n in names},
-                                        "seed": seeds.round_seed(stage2["seed"], k)})
-            rows = [r for rs, _ in labels for r in rs]
-            images = np.concatenate([im for _, im in labels])  # (N, H, W, 3) every label so far
-            reward = train_reward_model(inputs.clip.to(device), rows, images, rcfg, stage2["lam"],
-                                        device)
-            save_checkpoint(folder / "reward.pt", {
-                "model": reward.state_dict(), "lam": stage2["lam"],
-                "clip_config": dataclasses.asdict(inputs.clip.cfg), "config": stage2})
-        distributed.barrier()
-        reward = load_reward(folder, "python finetune.py")  # what rank 0 trained (or resumed)
-    return load_d_model(labeled, folder / "unlabeled", reward, device), reward
+    if not n_labels:
+        return Feedback([], np.zeros((0, 0, 0, 3), np.uint8), {})
+    return load_feedback(folder / "labeled", "python finetune.py")
 
 
-def finetune(folder: Path, run: Run, start, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig,
-             device, mse):
-    """One fine-tuning run of Eq. 2 from the weights of `start` (D_pre: stage 0's web corpus),
-    checkpointed in folder. Returns (EMA model, finished)."""
-    beta = cfg.beta if run.beta is None else run.beta
-    t_min = cfg.model_t_min if run.t_min is None else run.t_min
+def retrain_reward(folder: Path, k: int, labels: list[Feedback], inputs: Inputs, cfg, device):
+    """Round k's reward: Eq. 1 again, stage 2's settings, on every label so far; rank 0 trains
+    it (or finds it on resume), every rank loads it."""
+    stage2 = inputs.stage2
+    if distributed.is_main() and not (cfg.resume and (folder / "reward.pt").exists()):
+        names = {f.name for f in dataclasses.fields(RewardTrainConfig)}
+        rcfg = RewardTrainConfig(**{**{n: stage2[n] for n in names},
+                                    "seed": seeds.round_seed(stage2["seed"], k)})
+        rows = [r for fb in labels for r in fb.rows]
+        images = stack_images([fb.images for fb in labels])  # (N, H, W, 3) every label so far
+        reward = train_reward_model(inputs.clip.to(device), rows, images, rcfg, stage2["lam"],
+                                    device)
+        save_checkpoint(folder / "reward.pt", {
+            "model": reward.state_dict(), "lam": stage2["lam"],
+            "clip_config": dataclasses.asdict(inputs.clip.cfg), "config": stage2})
+    distributed.barrier()
+    return load_reward(folder, "python finetune.py")
+
+
+# ----------------------------------------------------------------------------- Eq. 2
+def finetune(folder: Path, run: Run, cfg: FinetuneConfig, start, inputs: Inputs,
+             d_model: DModel | None, device, mse):
+    """One fine-tuning run of Eq. 2 (plus the anchor) from the weights of `start`, with the
+    run's resolved config `cfg`, checkpointed in folder. Returns (EMA model, finished)."""
     n_model = 0 if run.weights is None else round(cfg.batch_size * cfg.model_fraction)
     if n_model:
         keep = d_model.labeled | run.unlabeled  # (N,) bool
         x_all, ids_all = d_model.x[keep].to(device), d_model.ids[keep]  # images on the device
         w_all = getattr(d_model, run.weights)[keep]  # (N',) reward scores or gold labels
-        if cfg.balance if run.balance is None else run.balance:
+        if cfg.balance:
             w_all = balance_groups(w_all, [g for g, k in zip(d_model.group, keep) if k])
     n_pre = cfg.batch_size - n_model
 
@@ -228,24 +233,31 @@ def finetune(folder: Path, run: Run, start, inputs: Inputs, d_model: DModel, cfg
             idx = torch.from_numpy(rng.integers(0, len(x_all), n_model))
             x0 = torch.cat([x_all[idx.to(device)], x0])  # (B, 3, H, W): [D_model; D_pre]
             ids = torch.cat([ids_all[idx], ids])
-            weights = eq2_weights(w_all[idx], n_pre, beta)  # (B,)
+            weights = eq2_weights(w_all[idx], n_pre, cfg.beta)  # (B,)
         # Caption dropout on every row, D_model too, as in pretraining. Guidance samples with
         # eps_u + s (eps_c - eps_u): were only the conditional model to move toward D_model,
         # that move (its artifacts too) would come out s times larger.
         drop_captions(ids, rng, cfg.p_uncond)
         return Batch(x0.contiguous(memory_format=torch.channels_last), ids, weights, n_model,
-                     t_min)
+                     cfg.model_t_min)
 
+    anchor = None
+    if n_model and cfg.anchor:  # the pretrained model, frozen, is the anchor of every round
+        per_t = (kl_step_weights(Scheduler().alphas_cumprod) if cfg.anchor_weighting == "kl"
+                 else torch.ones(NUM_TRAIN_TIMESTEPS))
+        anchor = Anchor(inputs.pretrained.eval().requires_grad_(False), cfg.anchor, per_t)
     model = copy.deepcopy(start).to(device, memory_format=torch.channels_last)
     model.requires_grad_(True)  # start may be an EMA copy, whose weights are frozen
     carry = {"model_config": dataclasses.asdict(start.cfg), "config": inputs.pre}  # tune again
     ema_model, curve, finished = train(model, cfg, make_batch, folder / "ckpt.pt",
-                                       f"finetune {folder.parent.name}/{folder.name}", carry, mse)
+                                       f"finetune {folder.parent.name}/{folder.name}", carry, mse,
+                                       anchor)
     if finished and distributed.is_main():
         atomic_write_text(folder / "loss_curve.json", json.dumps(curve))
     return ema_model, finished
 
 
+# ----------------------------------------------------------------------------- rounds
 class Clock:
     """Wall-clock seconds of stage 3's phases, added up over runs and rounds: where the time
     goes (metrics.json, summary.md)."""
@@ -260,18 +272,17 @@ class Clock:
         self.last = now
 
 
-def run_rounds(name: str, run: Run, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, device,
-               mse, evaluator, clock: Clock):
-    """The rounds of one run (one round: the paper's method), each evaluated. Round k lives in
-    out_dir/name/round{k}: its samples, labels, reward, checkpoint and evaluation. --stop_after
-    counts the run's steps over all rounds. Returns (model, metrics, goods, one curve point per
-    round), or None if --stop_after stopped it. Under torchrun rank 0 alone evaluates (the
-    others have no evaluator) and deletes stale samples."""
-    rounds = run.rounds or cfg.rounds
-    per_round = cfg.steps // rounds
-    model, reward, points = inputs.pretrained, inputs.reward, []
-    labels = [inputs.stage1[:2]]  # every label so far, as (rows, images): stage 1's, each round's
-    for k in range(1, rounds + 1):
+def run_rounds(name: str, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, device, mse,
+               evaluator: Evaluator | None, clock: Clock):
+    """The rounds of run `name` (one round: the paper's method), each evaluated by rank 0.
+    Round k lives in out_dir/name/round{k}: its samples, labels, reward, checkpoint and
+    evaluation. --stop_after counts the run's steps over all rounds. Returns (model, one
+    evaluation per round), or None if --stop_after stopped it."""
+    run = RUNS[name]
+    cfg = run.config(cfg)
+    per_round = cfg.steps // cfg.rounds
+    model, reward, labels, evals = inputs.pretrained, inputs.reward, [inputs.stage1], []
+    for k in range(1, cfg.rounds + 1):
         folder = Path(cfg.out_dir) / name / f"round{k}"
         left = cfg.stop_after - (k - 1) * per_round  # steps left before --stop_after
         if cfg.stop_after and left <= 0:
@@ -281,30 +292,24 @@ def run_rounds(name: str, run: Run, inputs: Inputs, d_model: DModel, cfg: Finetu
                 shutil.rmtree(folder / sub, ignore_errors=True)
         rcfg = dataclasses.replace(cfg, seed=seeds.round_seed(cfg.seed, k), steps=per_round,
                                    stop_after=left if cfg.stop_after and left < per_round else 0)
-        if run.weights is not None and k > 1:
-            d_model, reward = next_round_d_model(folder, k, run, model, labels, rcfg, inputs,
-                                                 reward, device)
+        if run.weights is not None and k > 1:  # round k's D_model: the current model's samples
+            records = feedback_records("seen", cfg.unlabeled_per_category,
+                                       rcfg.seed + seeds.UNLABELED)
+            labels.append(sample_round(model, folder, records, cfg.labels_per_round,
+                                       inputs.stage2["flip_rate"], rcfg))
+            if run.weights == "reward" and cfg.labels_per_round:
+                reward = retrain_reward(folder, k, labels, inputs, rcfg, device)
+            d_model = load_d_model(labels[-1], folder / "unlabeled", reward, device)
             clock.lap("D_model samples, labels, rewards")
-        model, finished = finetune(folder, run, model, inputs, d_model, rcfg, device, mse)
+        model, finished = finetune(folder, run, rcfg, model, inputs, d_model, device, mse)
         clock.lap("training")
         if not finished:
             return None
-        if evaluator is None:
-            metrics = goods = None
-            continue
-        metrics, goods, _ = evaluator.model(model, f"{name}/round{k}", folder / "eval.json",
-                                            reuse=cfg.resume)
-        clock.lap("evaluation")
-        points.append({"round": k, "steps": k * per_round, **curve_point(metrics)})
-    return model, metrics, goods, points
-
-
-def curve_point(m: dict) -> dict:
-    """What the over-optimization curve follows: the reward against the gold judge."""
-    return {"reward": m["reward"], "alignment": m["alignment"]["overall"]["mean"],
-            **{g: m["alignment"][g]["mean"] for g in ("seen", "unseen", "count")},
-            "well_formed": m["well_formed"]["mean"], "fd": m["fd"],
-            "count_breakdown": m["count_breakdown"]}
+        if evaluator is not None:
+            evals.append(evaluator.model(model, f"{name}/round{k}", folder / "eval.json",
+                                         reuse=cfg.resume))
+            clock.lap("evaluation")
+    return model, evals
 
 
 def best_of_n(pretrained, reward, records: list[dict], first: np.ndarray,
@@ -328,131 +333,48 @@ def main(argv=None):
     mse = resolve_loss_backend(cfg.loss_backend)
     out = check_writable(cfg.out_dir)
     t0, clock = time.time(), Clock()
-
-    # ---- Load what the earlier stages made (each missing file names the command that makes it).
-    made_by = f"python train_reward.py --preset {cfg.preset}"
-    pretrained, pre = load_model(Path(cfg.unet_dir) / "ckpt.pt",
-                                 f"python train_unet.py --preset {cfg.preset}")
-    # channels_last: the convolutions run faster on CPU; same math.
-    pretrained = pretrained.to(device, memory_format=torch.channels_last)
-    reward = load_reward(Path(cfg.reward_dir), made_by)
-    inputs = Inputs(pretrained, pre, WebCorpus(pre, device, Path(cfg.unet_dir) / "corpus.pt"),
-                    reward, *load_stage2(cfg.reward_dir, made_by),
-                    load_feedback(Path(cfg.feedback_dir) / "train", made_by))
+    inputs = load_inputs(cfg, device)
     clock.lap("loading")
-    if not distributed.is_main():  # under torchrun: train on its share of each batch, no more
-        d_model = build_d_model(cfg, inputs, device)
-        for name in cfg.runs.split(","):
-            run_rounds(name, RUNS[name], inputs, d_model, cfg, device, mse, None, clock)
-        return
-    evaluator = Evaluator(cfg.eval_samples_per_prompt, cfg.num_inference_steps,
-                          cfg.guidance_scale, pretrained.cfg.resolution, reward,
-                          fd_cache=Path(cfg.out_dir).parent / "fd", fd_net_steps=cfg.fd_net_steps)
-    metrics, goods, first = evaluator.model(pretrained, "pretrained", out / "pretrained_eval.json")
-    metrics, goods = {"pretrained": metrics}, {"pretrained": goods}
-    start = {"round": 0, "steps": 0, **curve_point(metrics["pretrained"])}
-    clock.lap("evaluation")
 
-    # ---- Round 1's D_model (labeled + unlabeled, scored by r), then each run's rounds.
-    d_model = build_d_model(cfg, inputs, device)
+    # ---- The pretrained model's evaluation (rank 0 alone evaluates).
+    evaluator = before = None
+    if distributed.is_main():
+        evaluator = Evaluator(cfg.eval_samples_per_prompt, cfg.num_inference_steps,
+                              cfg.guidance_scale, inputs.pretrained.cfg.resolution, inputs.reward,
+                              fd_cache=Path(cfg.out_dir).parent / "fd",
+                              fd_net_steps=cfg.fd_net_steps, val=cfg.evaluation == "val")
+        before = evaluator.model(inputs.pretrained, "pretrained", out / "pretrained_eval.json",
+                                 reuse=cfg.resume)
+        clock.lap("evaluation")
+
+    # ---- Round 1's D_model: stage 1's labels + unlabeled samples of the pretrained model,
+    # scored by r (the paper's), then each run's rounds.
+    records = feedback_records("seen", cfg.unlabeled_per_category, cfg.seed + seeds.UNLABELED)
+    sample_round(inputs.pretrained, Path(cfg.feedback_dir), records, 0, 0.0, cfg)
+    d_model = load_d_model(inputs.stage1, Path(cfg.feedback_dir) / "unlabeled", inputs.reward,
+                           device)
     clock.lap("D_model samples, labels, rewards")
-    models, curves = {"pretrained": pretrained}, {}
+    results = {}
     for name in cfg.runs.split(","):
-        result = run_rounds(name, RUNS[name], inputs, d_model, cfg, device, mse, evaluator,
-                            clock)
-        if result is None:
+        results[name] = run_rounds(name, inputs, d_model, cfg, device, mse, evaluator, clock)
+        if results[name] is None:
             print(f"stopped by --stop_after in run {name}; the same command with --resume true "
                   f"goes on from there")
             return
-        models[name], metrics[name], goods[name], points = result
-        curves[name] = [start] + points
-    train_s = time.time() - t0
+    if evaluator is None:
+        return
 
-    # ---- The best-of-n baseline and win rates, then the report: tables, grids, plots.
+    # ---- The best-of-n baseline, then the report: tables, win rates, grids, plots.
+    baselines = {}
     if cfg.best_of_n > 1:
-        name = f"best_of_{cfg.best_of_n}"
-        metrics[name], goods[name] = evaluator.images(best_of_n(pretrained, reward,
-                                                                evaluator.records, first, cfg))
+        baselines[f"best_of_{cfg.best_of_n}"] = evaluator.images(best_of_n(
+            inputs.pretrained, inputs.reward, evaluator.records, before[2], cfg))
         clock.lap("best-of-n")
-    for name in metrics:
-        if name != "pretrained":
-            metrics[name]["win_rate_vs_pretrained"] = win_rate(goods[name], goods["pretrained"])
-        if name not in ("pretrained", "control") and "control" in goods:
-            metrics[name]["win_rate_vs_control"] = win_rate(goods[name], goods["control"])
-    main_run = next((r for r in ("feedback", "gold") if r in models), cfg.runs.split(",")[0])
-    rows_before, rows_after = (sample_grid_rows(m, GRID_PROMPTS, 6, cfg.num_inference_steps,
-                                                cfg.guidance_scale)
-                               for m in (pretrained, models[main_run]))
-    save_grid([r for pair in zip(rows_before, rows_after) for r in pair],
-              [f"{tag}: {p}" for p in GRID_PROMPTS for tag in ("before", "after")],
-              out / "before_after.png")
-    alignment_bars(metrics, out / "alignment.png")
-    round_curves(curves, out / "rounds.png")
-    clock.lap("grids and plots")
-    n_labels = {name: len(inputs.stage1[0]) + ((RUNS[name].rounds or cfg.rounds) - 1)
-                * cfg.labels_per_round for name in curves if RUNS[name].weights == "reward"}
-    result = {"before": metrics["pretrained"], "after": metrics[main_run], "models": metrics,
-              "rounds": curves, "labels": n_labels, "seconds": round(time.time() - t0),
-              "train_seconds": round(train_s), "phase_seconds": clock.seconds,
-              "config": dataclasses.asdict(cfg)}
-    result["win_rate"] = metrics[main_run].get("win_rate_vs_pretrained")
-    if "control" in metrics:
-        result["control"] = metrics["control"]
-    write_metrics(out, result, report_md(metrics, curves, n_labels, cfg, main_run,
-                                         result["seconds"], clock.seconds))
-    print((out / "summary.md").read_text())
-    print(f"report: {out / 'summary.md'}   grid: {out / 'before_after.png'}   "
-          f"plots: {out / 'alignment.png'}, {out / 'rounds.png'}")
-
-
-def report_md(metrics: dict, curves: dict, n_labels: dict, cfg: FinetuneConfig, main_run: str,
-              seconds: float, phases: dict) -> str:
-    """The results tables: alignment (per category, split), fidelity and win rates, each run's
-    own settings; then every round of every run (the over-optimization curve)."""
-    pct = lambda r: "-" if r is None else (f"{100 * r['win']:.1f} / {100 * r['tie']:.1f} / "
-                                           f"{100 * r['loss']:.1f}")
-    lines = [f"# Stage 3: reward-weighted fine-tuning (preset {cfg.preset}, "
-             f"{seconds / 60:.1f} min)", "",
-             "Time per phase: " + "; ".join(f"{k} {v / 60:.1f} min" for k, v in phases.items())
-             + " (seconds in metrics.json).",
-             "", f"Main run: `{main_run}`; {cfg.steps} steps per run, batch {cfg.batch_size} "
-             f"({cfg.model_fraction:.0%} D_model). Gold-judge alignment with 95% CI "
-             f"({cfg.eval_samples_per_prompt} samples per evaluation prompt):", "",
-             alignment_table(metrics), "| model | weights | rounds | t_min | beta | balanced "
-             "| labels | FD | diversity | win / tie / loss vs pretrained | vs control |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, m in metrics.items():
-        run = RUNS.get(name)
-        own = lambda value, default: default if value is None else value  # a run's own setting
-        rounds = "-" if run is None else own(run.rounds, cfg.rounds)
-        tuned = ("-",) * 3 if run is None or run.weights is None else (
-            own(run.t_min, cfg.model_t_min), own(run.beta, cfg.beta), own(run.balance, cfg.balance))
-        lines.append(f"| {name} | {run.weights if run else '-'} | {rounds} | "
-                     + " | ".join(map(str, tuned)) + f" | {n_labels.get(name, '-')} | "
-                     f"{m['fd']:.2f} | {m['diversity']:.2f} | "
-                     f"{pct(m.get('win_rate_vs_pretrained'))} | "
-                     f"{pct(m.get('win_rate_vs_control'))} |")
-    groups = [f"{s}/{c}" for s in ("seen", "unseen") for c in CATEGORIES]
-    lines += ["", "Seen/unseen per category:", "", "| model | " + " | ".join(groups) + " |",
-              "|---|" + "---|" * len(groups)]
-    for name, m in metrics.items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * m['alignment'][g]['mean']:.1f}"
-                                                 for g in groups) + " |")
-    lines += ["", "Every round (round 0: the pretrained model). Reward: mean r_phi of stage 2's "
-              "reward on the evaluation samples; count per number: good / asked (bad ones with "
-              "a malformed blob):", "",
-              "| run | round | steps | reward | alignment | seen | unseen | count | well-formed "
-              "| FD | count per number |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, points in curves.items():
-        for p in points:
-            per_number = ", ".join(f"{w} {t['good']}/{t['asked']} ({t['malformed']})"
-                                   for w, t in p["count_breakdown"].items())
-            lines.append(f"| {name} | {p['round']} | {p['steps']} | {p['reward']:.3f} | "
-                         + " | ".join(f"{100 * p[g]:.1f}" for g in ("alignment", "seen",
-                                                                     "unseen", "count",
-                                                                     "well_formed"))
-                         + f" | {p['fd']:.1f} | {per_number} |")
-    return "\n".join(lines) + "\n"
+    n_labels = {name: len(inputs.stage1.rows) + (RUNS[name].config(cfg).rounds - 1)
+                * cfg.labels_per_round for name in results if RUNS[name].weights == "reward"}
+    report.write(out, cfg, {name: RUNS[name].config(cfg) for name in results},
+                 {name: RUNS[name].weights for name in results}, inputs.pretrained, before,
+                 results, baselines, n_labels, clock, t0)
 
 
 if __name__ == "__main__":

@@ -111,3 +111,41 @@ def test_frechet_distance_closed_form():
     # |mu|^2 = 3; tr(I + 4I - 2 * 2I) = 3 -> FD = 6
     assert frechet_distance(a, b) == pytest.approx(6.0, rel=0.05)
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kl_step_weights_follow_the_per_step_kl():
+    from tiny_rlhf_t2i.diffusion import Scheduler
+    from tiny_rlhf_t2i.losses import kl_step_weights
+    abar = Scheduler().alphas_cumprod.double()
+    a = kl_step_weights(abar)
+    assert a.shape == (1000,) and a.mean().item() == pytest.approx(1.0, rel=1e-5)
+    # by hand at t = 5 and t = 500: w_t = beta_t / (2 alpha_t (1 - abar_t)), the same scale
+    w = lambda t: (1 - abar[t] / abar[t - 1]) / (2 * abar[t] / abar[t - 1] * (1 - abar[t]))
+    assert (a[5] / a[500]).item() == pytest.approx((w(5) / w(500)).item(), rel=1e-4)
+    assert a.argmax().item() == 0 and a[0] > 100 * a[500]  # spent on the lowest noise
+    assert a.max() == a[0]  # the last steps (beta clamped near 1) are capped at t = 0's weight
+
+
+def test_anchor_loss_value_and_gradient_by_hand():
+    from tiny_rlhf_t2i.losses import anchor_loss
+    eps_pre = torch.zeros(2, 1, 1, 2)
+    eps_hat = torch.tensor([1.0, 3.0, 2.0, 0.0]).view(2, 1, 1, 2).requires_grad_(True)
+    a = torch.tensor([0.5, 2.0])
+    loss = anchor_loss(eps_hat, eps_pre, a)
+    # row 0: mean(1, 9) = 5, weight 0.5; row 1: mean(4, 0) = 2, weight 2 -> (2.5 + 4) / 2
+    assert loss.item() == pytest.approx(3.25)
+    loss.backward()  # d/d eps_hat[i, j] = a_i * 2 (eps_hat - eps_pre)[i, j] / (J * N)
+    expected = torch.tensor([0.5 * 2 * 1 / 4, 0.5 * 2 * 3 / 4, 2 * 2 * 2 / 4, 0.0]).view(2, 1, 1, 2)
+    torch.testing.assert_close(eps_hat.grad, expected)
+    assert anchor_loss(eps_pre, eps_pre, a).item() == 0
+
+
+def test_balance_leaves_a_group_with_no_good_image_alone():
+    # group z: sigmoid rewards, none >= 0.5 (no image called good): plain weights, no boost.
+    # groups a and b share what is left equally, by their number of images (2 each)
+    r = torch.tensor([0.9, 0.1, 0.3, 0.2, 0.6, 0.6])
+    out = balance_groups(r, ["a", "a", "z", "z", "b", "b"])
+    assert out[2:4].tolist() == pytest.approx([0.3, 0.2])
+    assert out.sum().item() == pytest.approx(r.sum().item())
+    assert out[:2].sum().item() == pytest.approx(out[4:].sum().item())
+    assert (out[0] / out[1]).item() == pytest.approx(9.0)

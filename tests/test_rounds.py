@@ -1,5 +1,6 @@
-"""Stage 3's rounds: exact resume between and inside rounds, the label budget, and the timestep
-cut of the model's own samples (train_loop.step_loss)."""
+"""Stage 3's rounds: exact resume between and inside rounds (the anchor on), the label budget,
+the timestep cut of the model's own samples and the KL anchor (train_loop.step_loss), the run
+table, and the validation seeds."""
 import json
 import shutil
 
@@ -7,8 +8,9 @@ import torch
 
 import finetune
 from tiny_rlhf_t2i.diffusion import Scheduler
-from tiny_rlhf_t2i.losses import weighted_mse
-from tiny_rlhf_t2i.train_loop import Batch, step_loss
+from tiny_rlhf_t2i.evaluate import eval_records
+from tiny_rlhf_t2i.losses import anchor_loss, weighted_mse
+from tiny_rlhf_t2i.train_loop import Anchor, Batch, step_loss
 
 
 def _finetune(smoke_run, fb, out, *extra):
@@ -22,15 +24,16 @@ def test_rounds_resume_inside_and_between_rounds_like_an_uninterrupted_run(smoke
     fb = tmp_path / "feedback"
     shutil.copytree(smoke_run / "feedback" / "train", fb / "train")
     shutil.copytree(smoke_run / "fd", tmp_path / "fd")  # the FD ruler, trained once
-    _finetune(smoke_run, fb, tmp_path / "a")  # 2 rounds of 5 steps, uninterrupted
+    anchor = ["--anchor", "1"]  # the KL anchor on: its frozen model must not break resume
+    _finetune(smoke_run, fb, tmp_path / "a", *anchor)  # 2 rounds of 5 steps, uninterrupted
     # Interrupted inside round 1 (step 3), between the rounds (step 5), inside round 2 (step 7).
     for stop in (3, 5, 7):
-        _finetune(smoke_run, fb, tmp_path / "b", "--stop_after", str(stop),
+        _finetune(smoke_run, fb, tmp_path / "b", *anchor, "--stop_after", str(stop),
                   *(["--resume", "true"] if stop > 3 else []))
         assert "stopped by --stop_after in run feedback" in capsys.readouterr().out
     assert (tmp_path / "b/feedback/round1/eval.json").exists()
     assert not (tmp_path / "b/feedback/round2/eval.json").exists()
-    _finetune(smoke_run, fb, tmp_path / "b", "--resume", "true")
+    _finetune(smoke_run, fb, tmp_path / "b", *anchor, "--resume", "true")
 
     a, b = tmp_path / "a" / "feedback", tmp_path / "b" / "feedback"
     for k in (1, 2):
@@ -89,3 +92,70 @@ def test_timestep_cut_moves_only_the_d_model_rows_and_keeps_the_default_stream()
     # With the cut, the D_pre rows keep their timesteps; the D_model rows are all >= t_min.
     assert torch.equal(ts[600][n_model:], t_ref[n_model:])
     assert (ts[600][:n_model] >= 600).all() and (ts[0][:n_model] < 600).any()
+
+
+class _Affine(torch.nn.Module):
+    """A stand-in denoiser eps = a * x + b."""
+    def __init__(self, a, b):
+        super().__init__()
+        self.a, self.b = torch.nn.Parameter(torch.tensor(a)), torch.nn.Parameter(torch.tensor(b))
+
+    def forward(self, x, t, ids):
+        return self.a * x + self.b
+
+
+def test_anchor_is_zero_at_the_start_and_adds_lambda_times_its_loss_on_d_model_rows():
+    B, n_model = 8, 4
+    x0 = torch.randn(B, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    ids, w = torch.zeros(B, 4, dtype=torch.long), torch.rand(B)
+    batch = Batch(x0, ids, w, n_model, 0)
+    per_t = torch.linspace(2, 0, 1000)  # any weighting
+    loss = lambda model, anchor: step_loss(model, Scheduler(), batch,
+                                           torch.Generator().manual_seed(3), weighted_mse, anchor)
+    pre = _Affine(0.5, 0.1).requires_grad_(False)
+    # At the start of fine-tuning the model is the pretrained one: the anchor adds exactly 0.
+    same = _Affine(0.5, 0.1)
+    assert torch.equal(loss(same, Anchor(pre, 3.0, per_t)), loss(same, None))
+    # Elsewhere it adds lambda * anchor_loss on the D_model rows at their timesteps and inputs.
+    moved = _Affine(0.7, -0.2)
+    total, plain = loss(moved, Anchor(pre, 3.0, per_t)), loss(moved, None)
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 1000, (B,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    x_t = Scheduler().add_noise(x0, noise, t)[:n_model]
+    by_hand = anchor_loss(0.7 * x_t - 0.2, 0.5 * x_t + 0.1, per_t[t[:n_model]])
+    torch.testing.assert_close(total - plain, 3.0 * by_hand)
+    # its gradient flows to the fine-tuned model only
+    total.backward()
+    assert moved.a.grad is not None and pre.a.grad is None
+
+
+def test_paper_run_is_the_papers_settings_and_runs_resolve_once():
+    from tiny_rlhf_t2i.config import parse_config
+    cfg = parse_config(finetune.FinetuneConfig, finetune.PRESETS, ["--anchor", "2"])
+    paper = finetune.RUNS["paper"].config(cfg)  # one offline round, every t, plain Eq. 2
+    assert (paper.rounds, paper.model_t_min, paper.balance, paper.anchor) == (1, 0, False, 0.0)
+    assert finetune.RUNS["paper"].weights == "reward" and finetune.RUNS["paper"].unlabeled
+    assert (paper.beta, paper.steps) == (cfg.beta, cfg.steps)  # the rest: the command line's
+    assert finetune.RUNS["feedback"].config(cfg) == cfg
+
+
+def test_validation_seeds_are_the_evaluation_prompts_with_disjoint_seeds():
+    test, val = eval_records(4), eval_records(4, val=True)
+    assert [r["prompt"] for r in test] == [r["prompt"] for r in val]
+    assert not {r["seed"] for r in test} & {r["seed"] for r in val}
+    assert len({r["seed"] for r in val}) == len(val)
+
+
+def test_rounds_without_new_labels_run_on_any_image_size(smoke_run, tmp_path):
+    """--labels_per_round 0: round 2 learns from its unlabeled samples, scored by stage 2's
+    reward (nothing new to train it on); evaluated on the validation seeds."""
+    fb = tmp_path / "feedback"
+    shutil.copytree(smoke_run / "feedback" / "train", fb / "train")
+    shutil.copytree(smoke_run / "fd", tmp_path / "fd")
+    _finetune(smoke_run, fb, tmp_path / "out", "--labels_per_round", "0", "--evaluation", "val")
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [p["round"] for p in m["rounds"]["feedback"]] == [0, 1, 2]
+    assert m["labels"] == {"feedback": 64} and m["evaluation"] == "val"
+    assert not (tmp_path / "out/feedback/round2/labeled").exists()
+    assert not (tmp_path / "out/feedback/round2/reward.pt").exists()

@@ -33,14 +33,16 @@ def proportion_ci(k: int, n: int) -> dict:
     return {"mean": p, "lo": center - half, "hi": center + half, "n": n}
 
 
-def eval_records(samples_per_prompt: int) -> list[dict]:
-    """The evaluation records: prompt, category, split and the seed of each sample."""
+def eval_records(samples_per_prompt: int, val: bool = False) -> list[dict]:
+    """The evaluation records: prompt, category, split and the seed of each sample. val: the
+    same prompts with other seeds (seeds.eval_seed), to choose settings on without touching
+    the reported (test) samples."""
     records = []
     for split in ("seen", "unseen"):
         for i, spec in enumerate(load_eval_prompts(split)):
             for k in range(samples_per_prompt):
                 records.append({"prompt": to_prompt(spec), "category": spec.category,
-                                "split": split, "seed": seeds.eval_seed(split, i, k)})
+                                "split": split, "seed": seeds.eval_seed(split, i, k, val)})
     return records
 
 
@@ -183,9 +185,9 @@ class Evaluator:
     model (which rises while the gold alignment falls when the reward is exploited)."""
 
     def __init__(self, samples_per_prompt: int, num_inference_steps: int, guidance_scale: float,
-                 resolution: int, reward, fd_cache, fd_net_steps: int):
+                 resolution: int, reward, fd_cache, fd_net_steps: int, val: bool = False):
         self.steps, self.guidance_scale, self.reward = num_inference_steps, guidance_scale, reward
-        self.records = eval_records(samples_per_prompt)
+        self.records = eval_records(samples_per_prompt, val)
         self.fnet = feature_net(resolution, cache_dir=fd_cache, steps=fd_net_steps)
         self.ref_feats = features(self.fnet, clean_references(self.records, resolution))
 

@@ -133,7 +133,7 @@ def _check_label(row) -> str | None:
 
 def load_rows(folder, name: str, made_by: str) -> tuple[list[dict], np.ndarray]:
     """The rows of folder/name (labels.jsonl: checked labels; samples.jsonl) and their images:
-    (rows, (N, H, W, 3) uint8)."""
+    (rows, (N, H, W, 3) uint8; (0, 0, 0, 3) for no rows, whose size nothing tells)."""
     folder = Path(folder)
     path = folder / name
     if not path.exists():
@@ -141,7 +141,7 @@ def load_rows(folder, name: str, made_by: str) -> tuple[list[dict], np.ndarray]:
     rows = read_rows(path, made_by, _check_label if name == "labels.jsonl" else None)
     try:
         images = np.stack([np.asarray(Image.open(folder / r["image"]).convert("RGB"))
-                           for r in rows]) if rows else np.zeros((0, 16, 16, 3), np.uint8)
+                           for r in rows]) if rows else np.zeros((0, 0, 0, 3), np.uint8)
     except (OSError, ValueError) as e:
         raise UserError(f"an image of {folder} is missing or corrupt ({e}); "
                         f"run `{made_by}` again") from None
@@ -164,9 +164,23 @@ class DModel:
     group: list[str]  # "category/count" of each prompt (losses.balance_groups)
 
 
-def load_feedback(folder: Path, made_by: str) -> tuple[list[dict], np.ndarray, dict]:
-    """A labeled feedback folder: its label rows, their images (N, H, W, 3) uint8, and the
-    judge's verdict of each image by id (from samples.jsonl: gold weights)."""
+@dataclasses.dataclass
+class Feedback:
+    """A labeled feedback set: what a person (or the judge) said of each image."""
+    rows: list[dict]  # labels.jsonl rows: id, prompt, category, label, ...
+    images: np.ndarray  # (N, H, W, 3) uint8, row i the image of rows[i]
+    judged: dict  # the gold judge's verdict of each image by id (gold weights)
+
+
+def stack_images(parts: list[np.ndarray]) -> np.ndarray:
+    """np.concatenate of (N_i, H, W, 3) image arrays, skipping empty ones (whose size is unknown)."""
+    full = [p for p in parts if len(p)]
+    return np.concatenate(full) if full else parts[0]
+
+
+def load_feedback(folder: Path, made_by: str) -> Feedback:
+    """A labeled feedback folder: its label rows, their images, and the judge's verdict of each
+    image (from samples.jsonl)."""
     rows, images = load_labeled(folder, made_by)
     judged = {r["id"]: r["judge_good"]  # the rows only: their images are loaded above
               for r in read_rows(folder / "samples.jsonl", made_by)}
@@ -174,15 +188,15 @@ def load_feedback(folder: Path, made_by: str) -> tuple[list[dict], np.ndarray, d
     if unknown:
         raise UserError(f"{folder / 'labels.jsonl'} labels images that are not in "
                         f"its samples.jsonl ({unknown[:3]}); run `{made_by}` again")
-    return rows, images, judged
+    return Feedback(rows, images, judged)
 
 
-def load_d_model(labeled: tuple, unlabeled: Path, reward, device) -> DModel:
+def load_d_model(labeled: Feedback, unlabeled: Path, reward, device) -> DModel:
     """D_model from a labeled feedback set (load_feedback) and an unlabeled folder, every image
     scored by the reward r."""
-    rows, images, judged = labeled
+    rows, judged = labeled.rows, labeled.judged
     u_rows, u_images = load_rows(unlabeled, "samples.jsonl", "python finetune.py")
-    all_rows, all_images = rows + u_rows, np.concatenate([images, u_images])
+    all_rows, all_images = rows + u_rows, stack_images([labeled.images, u_images])
     prompts = [r["prompt"] for r in all_rows]
     return DModel(x=to_model_space(all_images), ids=encode(prompts),
                   reward=reward.to(device).score(all_images, prompts).cpu(),

@@ -6,6 +6,9 @@ Eq. 2, fine-tuning:      L(theta) = E_{D_model}[ -r_phi(x, z) log p_theta(x | z)
                                    + beta * E_{D_pre}[ -log p_theta(x | z) ]
 with -log p_theta replaced by the epsilon-prediction denoising loss (Ho et al. 2020, Eq. 14).
 Stage 0's pretraining loss is Eq. 2 with no D_model rows and every weight 1.
+Beside Eq. 2, not in the paper: the anchor, lambda * E_{D_model} KL(p_theta || p_pre) per
+denoising step, which keeps the fine-tuned model close to the frozen pretrained one (DPOK,
+Fan et al. 2023).
 """
 import torch
 import torch.nn.functional as F
@@ -44,6 +47,45 @@ def eq2_weights(rewards: torch.Tensor, n_pre: int, beta: float) -> torch.Tensor:
     return torch.cat([rewards.clamp(min=0), torch.full((n_pre,), beta, device=rewards.device)])
 
 
+def kl_step_weights(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The weight of ||eps_theta - eps_pre||^2 in the KL between two models' denoising steps at
+    each timestep, (T,), scaled to mean 1 over t (so the anchor's lambda means the same for any
+    weighting).
+
+    Derivation. A DDPM reverse step is p(x_{t-1} | x_t) = N(mu(x_t, t), sigma_t^2 I) with
+        mu = (x_t - beta_t / sqrt(1 - abar_t) * eps(x_t, t)) / sqrt(alpha_t),
+    alpha_t = 1 - beta_t = abar_t / abar_{t-1}. Two models that share sigma_t differ only in
+    their means, so
+        KL(p_theta || p_pre) = ||mu_theta - mu_pre||^2 / (2 sigma_t^2)
+                             = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)) ||eps_theta - eps_pre||^2
+    and with sigma_t^2 = beta_t (Ho et al. 2020's choice) the weight is
+        w_t = beta_t / (2 alpha_t (1 - abar_t)),
+    about 1 / (2 (t + 1)) at the lowest noise and tiny in the middle: the KL is
+    spent on the lowest-noise steps, which draw edges and corners. The cosine schedule's last
+    steps have beta_t -> 0.999 (clamped), where w_t grows without bound although our few-step
+    sampler never takes such a step: w is capped at the first step's weight."""
+    abar = alphas_cumprod.double()
+    abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
+    beta = 1 - abar / abar_prev  # (T,)
+    w = beta / (2 * (1 - beta) * (1 - abar))  # (T,)
+    w = w.clamp(max=w[0].item())
+    return (w / w.mean()).float()
+
+
+def anchor_loss(eps_hat: torch.Tensor, eps_pre: torch.Tensor,
+                step_weights: torch.Tensor) -> torch.Tensor:
+    """The KL anchor to the pretrained model on the D_model rows, an fp32 scalar:
+        (1/N) sum_i a(t_i) * mean_j (eps_hat[i, j] - eps_pre[i, j])^2
+    eps_hat: (N, C, H, W) the fine-tuned model's noise prediction at (x_t, t, z) of an own
+    sample; eps_pre: (N, C, H, W) the frozen pretrained model's at the same input; step_weights:
+    (N,) a(t_i), the per-step KL's weight (kl_step_weights) or 1 (uniform). Each own sample's
+    KL is summed over the steps of its chain; drawing t uniformly estimates that sum, as the
+    denoising loss estimates -log p. It is 0 while the model equals the pretrained one, and,
+    unlike the reward-weighted term, it is the same for good and bad samples."""
+    per_sample = (eps_hat.float() - eps_pre.float()).pow(2).flatten(1).mean(1)  # (N,)
+    return (step_weights.float() * per_sample).mean()  # ()
+
+
 def balance_groups(weights: torch.Tensor, groups: list[str]) -> torch.Tensor:
     """Rescale D_model weights (N,) so that each group of prompts holds a share of the total
     weight equal to its share of the images, whatever its success rate. Not in the paper.
@@ -51,18 +93,22 @@ def balance_groups(weights: torch.Tensor, groups: list[str]) -> torch.Tensor:
     Why: with plain Eq. 2 a group the pretrained model rarely gets right ("three ...") holds a
     tiny share of the total weight and one it already gets right ("four ...") a large one, so
     fine-tuning mostly repeats what the model can already do. Within a group the weights keep
-    their ratios and the total weight is unchanged (beta keeps its meaning); a group whose
-    weights are all 0 stays at 0 and its share goes to the others. A good image of a rare group
-    may weigh several times 1 (with gold weights, a good "three" weighs the inverse of that
-    group's success rate, several times a color prompt's)."""
-    masks = [torch.tensor([h == g for h in groups]) for g in set(groups)]  # one (N,) per group
-    live = [m for m in masks if weights[m].sum() > 0]
-    if not live:  # every weight is 0: nothing to rescale
+    their ratios and the total weight is unchanged (beta keeps its meaning). Only a group that
+    holds at least one image its weights call good (w >= 0.5) is rescaled: a group with none
+    keeps its plain weights, and its share goes to the others. Without that guard a hopeless
+    group's share would go to whichever of its bad images the reward ranks highest (a sigmoid
+    reward is never exactly 0), often malformed ones. A good image of a rare group may weigh
+    several times 1 (with gold weights, a good "three" weighs the inverse of that group's
+    success rate, several times a color prompt's)."""
+    masks = [torch.tensor([h == g for h in groups]) for g in sorted(set(groups))]  # (N,) each
+    live = [m for m in masks if (weights[m] >= 0.5).any()]
+    if not live:  # no image is called good: nothing to rescale
         return weights.clone()
-    per_image = weights.sum() / sum(int(m.sum()) for m in live)  # weight per image
-    out = torch.zeros_like(weights)
+    out = weights.clone()
+    mass = sum(weights[m].sum() for m in live)  # what the live groups share
+    n_live = sum(int(m.sum()) for m in live)
     for m in live:
-        out[m] = weights[m] / weights[m].sum() * m.sum() * per_image
+        out[m] = weights[m] / weights[m].sum() * mass * int(m.sum()) / n_live
     return out
 
 

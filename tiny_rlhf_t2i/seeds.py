@@ -66,5 +66,9 @@ GRID_SEED = 99  # column j of every stage's image grid: GRID_SEED + j
 # record is drawn with that record's seed.
 
 
-def eval_seed(split: str, prompt_index: int, k: int) -> int:
-    return EVAL_SEED + 7919 * k + 101 * prompt_index + (0 if split == "seen" else 50_000)
+VAL_OFFSET = 10 ** 12  # validation samples: the evaluation's prompts, seeds past every other stream
+
+
+def eval_seed(split: str, prompt_index: int, k: int, val: bool = False) -> int:
+    return (EVAL_SEED + 7919 * k + 101 * prompt_index + (0 if split == "seen" else 50_000)
+            + (VAL_OFFSET if val else 0))

@@ -2,11 +2,12 @@
 
 As nanoGPT fine-tunes with the very loop it pretrains with, the two stages differ only in the
 batch a step draws (`Batch`): stage 0 draws web examples, every weight 1; stage 3 draws half of
-the batch from D_model, weighted by the reward, and half from D_pre (the same web corpus, built
-by the same `web_batch`), weighted by beta. The schedule, AdamW, gradient clipping, EMA, loss
-curve, timed atomic checkpoints and exact resume live here once, and so does the speed: bf16
-autocast, torch.compile, a step that never waits on the GPU, and DDP under torchrun
-(distributed.py).
+the batch from D_model, weighted by the reward, and half from D_pre (the same web corpus,
+corpus.WebCorpus), weighted by beta. The schedule, AdamW, gradient clipping, EMA, loss curve,
+timed atomic checkpoints and exact resume live here once, and so does the speed: a step that
+never waits on the GPU, DDP under torchrun (distributed.py), and opt-in bf16 autocast and
+torch.compile (no preset uses them: neither paid enough, docs/results.md; kept for GPU
+experiments).
 """
 import dataclasses
 import math
@@ -22,7 +23,7 @@ from . import distributed, seeds
 from .config import ConfigError, check_range
 from .diffusion import EMA, Scheduler
 from .files import load_checkpoint, save_checkpoint
-from .losses import finetune_loss, weighted_mse
+from .losses import anchor_loss, finetune_loss, weighted_mse
 from .text import NULL_IDS
 
 
@@ -40,8 +41,8 @@ class LoopConfig:
     ckpt_every_s: float = 300.0  # seconds between checkpoints (and one at the end)
     stop_after: int = 0  # stop with a checkpoint after this many steps (0: run to the end)
     resume: bool = False  # continue from the run's checkpoint exactly where it stopped
-    bf16: bool = False  # bf16 autocast (the gpu preset; no faster on a CPU, docs/results.md)
-    compile: bool = False  # torch.compile the denoiser for training (the gpu preset's stage 0)
+    bf16: bool = False  # bf16 autocast (no preset: no faster on a CPU or the H100, docs/results.md)
+    compile: bool = False  # torch.compile the denoiser for training (no preset uses it)
 
     def __post_init__(self):
         check_range(self, "steps batch_size", 1)
@@ -85,6 +86,15 @@ class Batch:
         return torch.cat([model_rows, pre_rows])  # (B / world,)
 
 
+@dataclasses.dataclass
+class Anchor:
+    """Stage 3's KL anchor (losses.anchor_loss): the frozen pretrained denoiser, whose noise
+    prediction on the D_model rows the fine-tuned model is kept close to."""
+    model: torch.nn.Module  # the pretrained model, frozen (requires_grad False)
+    weight: float  # lambda, the anchor's weight beside Eq. 2
+    step_weights: torch.Tensor  # (T,) a(t): losses.kl_step_weights or all ones
+
+
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Copy a CPU tensor to the device without waiting for the GPU: a plain copy from pageable
     memory waits for every queued kernel, and then the next step's CPU work (the batch, the
@@ -102,7 +112,8 @@ def drop_captions(ids: torch.Tensor, rng: np.random.Generator, p_uncond: float) 
 
 
 # ----------------------------------------------------------------------------- the loop
-def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, mse) -> torch.Tensor:
+def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, mse,
+              anchor: Anchor | None = None) -> torch.Tensor:
     """Eq. 2 on one batch: noise every image at a random timestep, predict the noise, weight.
 
     With batch.model_t_min > 0 the D_model rows' timesteps are drawn from [model_t_min, T):
@@ -111,6 +122,10 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
     (how many shapes, where, which colour: a count is settled early in the chain); the low-noise
     terms decide *how* edges and corners look, and are learned from D_pre's clean renders only,
     so the soft shapes of the model's own samples are not reinforced.
+
+    With an anchor, the D_model rows also pay lambda * anchor_loss against the frozen
+    pretrained model's prediction at the same noisy input: one more forward pass (no backward)
+    on those rows.
 
     Under torchrun the noise is drawn for the whole batch and each process keeps its rows."""
     x0, ids, weights, n_model = batch.x0, batch.ids, batch.weights, batch.n_model
@@ -124,19 +139,28 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
         rows = batch.rows(rank, world)
         t, noise, ids, weights = t[rows], noise[rows], ids[rows], weights[rows]
         x0, n_model = x0[rows.to(x0.device)], n_model // world
-    t, noise = to_device(t, x0.device), to_device(noise, x0.device)
-    eps_hat = model(scheduler.add_noise(x0, noise, t), t, to_device(ids, x0.device))
-    return finetune_loss(eps_hat, noise, to_device(weights, x0.device), n_model, mse)
+    t, noise, ids = (to_device(v, x0.device) for v in (t, noise, ids))
+    x_t = scheduler.add_noise(x0, noise, t)  # (B, 3, H, W)
+    eps_hat = model(x_t, t, ids)  # (B, 3, H, W)
+    loss = finetune_loss(eps_hat, noise, to_device(weights, x0.device), n_model, mse)
+    if anchor is not None and anchor.weight and n_model:
+        m = slice(0, n_model)  # the D_model rows
+        with torch.no_grad():
+            eps_pre = anchor.model(x_t[m], t[m], ids[m])  # (n_model, 3, H, W)
+        a_t = anchor.step_weights.to(x0.device)[t[m]]  # (n_model,)
+        loss = loss + anchor.weight * anchor_loss(eps_hat[m], eps_pre, a_t)
+    return loss
 
 
 def train(model, cfg: LoopConfig, make_batch: Callable[[int], Batch], ckpt_path, desc: str,
-          carry: dict, mse=weighted_mse):
+          carry: dict, mse=weighted_mse, anchor: Anchor | None = None):
     """Train `model` for cfg.steps steps on make_batch(step) (a Batch: images on the model's
     device, ids and weights on the CPU); checkpoint to ckpt_path (with `carry`: the model config
     and stage 0's config, so the checkpoint can be loaded and tuned again). With cfg.resume it
     continues where ckpt_path stopped; the batches and noise are fixed by (seed, step), so a
-    resumed run equals an uninterrupted one. Under torchrun each process trains on its rows of
-    every batch and rank 0 alone writes the checkpoint.
+    resumed run equals an uninterrupted one. `anchor`: stage 3's KL anchor (step_loss). Under
+    torchrun each process trains on its rows of every batch and rank 0 alone writes the
+    checkpoint.
     Returns (EMA model, loss curve [(step, mean loss)], finished)."""
     device = next(model.parameters()).device
     ema = EMA(model, cfg.ema_decay)
@@ -174,7 +198,8 @@ def train(model, cfg: LoopConfig, make_batch: Callable[[int], Batch], ckpt_path,
             group["lr"] = lr
         batch = make_batch(step)
         with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
-            loss = step_loss(net, scheduler, batch, seeds.step_noise(cfg.seed, step), mse)
+            loss = step_loss(net, scheduler, batch, seeds.step_noise(cfg.seed, step), mse,
+                             anchor)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

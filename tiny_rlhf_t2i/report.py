@@ -1,0 +1,119 @@
+"""Stage 3's report: win rates, the before/after grid, the plots, metrics.json and summary.md.
+
+finetune.py trains and evaluates; this module only arranges what it measured. The tables name
+each run's own settings, so a reader sees what differs between two rows.
+"""
+import dataclasses
+import time
+
+from .evaluate import GRID_PROMPTS, alignment_table, sample_grid_rows, win_rate
+from .files import save_grid, write_metrics
+from .plots import alignment_bars, round_curves
+from .world import CATEGORIES
+
+
+def curve_point(m: dict) -> dict:
+    """What the over-optimization curve follows: the reward against the gold judge."""
+    return {"reward": m["reward"], "alignment": m["alignment"]["overall"]["mean"],
+            **{g: m["alignment"][g]["mean"] for g in ("seen", "unseen", "count")},
+            "well_formed": m["well_formed"]["mean"], "fd": m["fd"],
+            "count_breakdown": m["count_breakdown"]}
+
+
+def write(out, cfg, run_cfgs: dict, weights: dict, pretrained, before, results: dict,
+          baselines: dict, n_labels: dict, clock, t0: float) -> None:
+    """Everything a person reads after stage 3. before: the pretrained model's (metrics, goods,
+    images); results: {run: (model, [(metrics, goods, images) per round])}; baselines: {name:
+    (metrics, goods)}; run_cfgs / weights: each run's resolved config and D_model weights."""
+    metrics = {"pretrained": before[0], **{n: evals[-1][0] for n, (_, evals) in results.items()},
+               **{n: m for n, (m, _) in baselines.items()}}
+    goods = {"pretrained": before[1], **{n: evals[-1][1] for n, (_, evals) in results.items()},
+             **{n: g for n, (_, g) in baselines.items()}}
+    for name in metrics:  # side by side with the pretrained model and the control
+        if name != "pretrained":
+            metrics[name]["win_rate_vs_pretrained"] = win_rate(goods[name], goods["pretrained"])
+        if name not in ("pretrained", "control") and "control" in goods:
+            metrics[name]["win_rate_vs_control"] = win_rate(goods[name], goods["control"])
+    start = {"round": 0, "steps": 0, **curve_point(before[0])}
+    curves = {n: [start] + [{"round": k + 1, "steps": (k + 1) * run_cfgs[n].steps
+                             // run_cfgs[n].rounds, **curve_point(m)}
+                            for k, (m, _, _) in enumerate(evals)]
+              for n, (_, evals) in results.items()}
+
+    main_run = next((r for r in ("feedback", "gold") if r in results), next(iter(results)))
+    rows_before, rows_after = (sample_grid_rows(m, GRID_PROMPTS, 6, cfg.num_inference_steps,
+                                                cfg.guidance_scale)
+                               for m in (pretrained, results[main_run][0]))
+    save_grid([r for pair in zip(rows_before, rows_after) for r in pair],
+              [f"{tag}: {p}" for p in GRID_PROMPTS for tag in ("before", "after")],
+              out / "before_after.png")
+    alignment_bars(metrics, out / "alignment.png")
+    round_curves(curves, out / "rounds.png")
+    clock.lap("grids and plots")
+
+    seconds = round(time.time() - t0)
+    result = {"before": metrics["pretrained"], "after": metrics[main_run], "models": metrics,
+              "rounds": curves, "labels": n_labels, "seconds": seconds,
+              "phase_seconds": clock.seconds, "evaluation": cfg.evaluation,
+              "win_rate": metrics[main_run].get("win_rate_vs_pretrained"),
+              "config": dataclasses.asdict(cfg),  # the command line's; each run's below
+              "run_configs": {n: dataclasses.asdict(c) for n, c in run_cfgs.items()}}
+    if "control" in metrics:
+        result["control"] = metrics["control"]
+    md = summary_md(metrics, curves, run_cfgs, weights, n_labels, cfg, main_run, seconds,
+                    clock.seconds)
+    write_metrics(out, result, md)
+    print(md)
+    print(f"report: {out / 'summary.md'}   grid: {out / 'before_after.png'}   "
+          f"plots: {out / 'alignment.png'}, {out / 'rounds.png'}")
+
+
+def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_labels: dict,
+               cfg, main_run: str, seconds: float, phases: dict) -> str:
+    """The results tables: alignment (per category, split), fidelity and win rates, each run's
+    own settings; then every round of every run (the over-optimization curve)."""
+    pct = lambda r: "-" if r is None else (f"{100 * r['win']:.1f} / {100 * r['tie']:.1f} / "
+                                           f"{100 * r['loss']:.1f}")
+    lines = [f"# Stage 3: reward-weighted fine-tuning (preset {cfg.preset}, "
+             f"{seconds / 60:.1f} min)", "",
+             "Time per phase: " + "; ".join(f"{k} {v / 60:.1f} min" for k, v in phases.items())
+             + " (seconds in metrics.json).",
+             "", f"Main run: `{main_run}`; {cfg.steps} steps per run, batch {cfg.batch_size} "
+             f"({cfg.model_fraction:.0%} D_model). Gold-judge alignment with 95% CI "
+             f"({cfg.eval_samples_per_prompt} samples per evaluation prompt, {cfg.evaluation} "
+             f"seeds):", "",
+             alignment_table(metrics), "| model | weights | rounds | t_min | anchor | beta "
+             "| balanced | labels | FD | diversity | win / tie / loss vs pretrained "
+             "| vs control |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in metrics.items():
+        c = run_cfgs.get(name)
+        rounds = "-" if c is None else c.rounds
+        tuned = ("-",) * 4 if c is None or weights[name] is None else (
+            c.model_t_min, f"{c.anchor} {c.anchor_weighting}" if c.anchor else 0, c.beta,
+            c.balance)
+        lines.append(f"| {name} | {weights.get(name) or '-'} | {rounds} | "
+                     + " | ".join(map(str, tuned)) + f" | {n_labels.get(name, '-')} | "
+                     f"{m['fd']:.2f} | {m['diversity']:.2f} | "
+                     f"{pct(m.get('win_rate_vs_pretrained'))} | "
+                     f"{pct(m.get('win_rate_vs_control'))} |")
+    groups = [f"{s}/{c}" for s in ("seen", "unseen") for c in CATEGORIES]
+    lines += ["", "Seen/unseen per category:", "", "| model | " + " | ".join(groups) + " |",
+              "|---|" + "---|" * len(groups)]
+    for name, m in metrics.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * m['alignment'][g]['mean']:.1f}"
+                                                 for g in groups) + " |")
+    lines += ["", "Every round (round 0: the pretrained model). Reward: mean r_phi of stage 2's "
+              "reward on the evaluation samples; count per number: good / asked (bad ones with "
+              "a malformed blob):", "",
+              "| run | round | steps | reward | alignment | seen | unseen | count | well-formed "
+              "| FD | count per number |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, points in curves.items():
+        for p in points:
+            per_number = ", ".join(f"{w} {t['good']}/{t['asked']} ({t['malformed']})"
+                                   for w, t in p["count_breakdown"].items())
+            lines.append(f"| {name} | {p['round']} | {p['steps']} | {p['reward']:.3f} | "
+                         + " | ".join(f"{100 * p[g]:.1f}" for g in ("alignment", "seen",
+                                                                     "unseen", "count",
+                                                                     "well_formed"))
+                         + f" | {p['fd']:.1f} | {per_number} |")
+    return "\n".join(lines) + "\n"
