@@ -128,6 +128,11 @@ RUNS = {
     "gold": Run("gold"),  # a perfect reward model: the ceiling of the method
     "paper": Run("reward", settings=dict(rounds=1, model_t_min=0, balance=False, anchor=0.0)),
     "unbalanced": Run("reward", settings=dict(balance=False)),  # plain Eq. 2 weights
+    # Own samples teach every timestep and the KL anchor holds the model near the pretrained one
+    # (DPOK's regularizer) instead of the timestep cut: weighted as the exact KL, or uniformly.
+    "anchor_kl": Run("reward", settings=dict(model_t_min=0, anchor=1.0, anchor_weighting="kl")),
+    "anchor_uniform": Run("reward", settings=dict(model_t_min=0, anchor=1.0,
+                                                  anchor_weighting="uniform")),
     # The paper's Table 3: labeled only; + unlabeled; + pretraining loss (= paper); beta.
     "labeled_only": Run("reward", unlabeled=False, settings=dict(beta=0.0)),
     "labeled_unlabeled_beta0": Run("reward", settings=dict(beta=0.0)),
