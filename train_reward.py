@@ -21,13 +21,13 @@ from pathlib import Path
 from tiny_rlhf_t2i import seeds
 from tiny_rlhf_t2i.clip import ClipConfig, Clip, train_clip
 from tiny_rlhf_t2i.config import UserError, check_range, parse_config, require, run
+from tiny_rlhf_t2i.corpus import CaptionNoise
 from tiny_rlhf_t2i.feedback import (collect, feedback_records, label_summary, load_labeled,
                                     save_gallery)
 from tiny_rlhf_t2i.files import (check_writable, load_checkpoint, pick_device, save_checkpoint,
                                  write_metrics)
 from tiny_rlhf_t2i.reward import RewardTrainConfig, measure, train_reward_model
 from tiny_rlhf_t2i.unet import load_model
-from tiny_rlhf_t2i.world import CaptionNoise
 
 
 @dataclasses.dataclass

@@ -2,7 +2,7 @@
 
 We cannot download Stable Diffusion, so we make our own base model: a text encoder and a UNet,
 trained from scratch with the usual denoising loss on renders paired with noisy, web-like
-captions. Those captions (world.web_caption) undercount larger groups, so the pretrained model
+captions. Those captions (corpus.web_caption) undercount larger groups, so the pretrained model
 ends up misaligned the way the paper's base model is: good at colors and backgrounds, bad at
 counts and combinations. The learning rate decays to near zero, so the model ends at its plateau
 and a later gain cannot be plain extra training.
@@ -20,13 +20,12 @@ import torch
 
 from tiny_rlhf_t2i import distributed, seeds
 from tiny_rlhf_t2i.config import check_range, parse_config, require, run
-from tiny_rlhf_t2i.corpus import WebCorpus
+from tiny_rlhf_t2i.corpus import CaptionNoise, WebCorpus
 from tiny_rlhf_t2i.evaluate import (GRID_PROMPTS, alignment_table, evaluate_model, fmt,
                                     sample_grid_rows)
 from tiny_rlhf_t2i.files import check_writable, pick_device, save_grid, write_metrics
 from tiny_rlhf_t2i.train_loop import Batch, LoopConfig, drop_captions, train
 from tiny_rlhf_t2i.unet import ModelConfig, TextToImage, model_config
-from tiny_rlhf_t2i.world import CaptionNoise
 
 
 @dataclasses.dataclass

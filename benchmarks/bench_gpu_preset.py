@@ -39,13 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import train_unet  # noqa: E402
 from tiny_rlhf_t2i import seeds  # noqa: E402
 from tiny_rlhf_t2i.config import parse_config  # noqa: E402
-from tiny_rlhf_t2i.corpus import WebCorpus, caption_noise  # noqa: E402
+from tiny_rlhf_t2i.corpus import WebCorpus, caption_noise, web_corpus_scenes  # noqa: E402
 from tiny_rlhf_t2i.diffusion import sample, to_model_space  # noqa: E402
 from tiny_rlhf_t2i.evaluate import eval_records  # noqa: E402
+from tiny_rlhf_t2i.scenes import render  # noqa: E402
 from tiny_rlhf_t2i.text import encode  # noqa: E402
 from tiny_rlhf_t2i.train_loop import Batch, drop_captions, train  # noqa: E402
 from tiny_rlhf_t2i.unet import TextToImage, model_config  # noqa: E402
-from tiny_rlhf_t2i.world import render, web_corpus_scenes  # noqa: E402
 
 LEVERS = ("python_data", "table_data", "tf32", "channels_last", "bf16", "compile")
 

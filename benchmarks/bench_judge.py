@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from tiny_rlhf_t2i.corpus import CaptionNoise, web_scene  # noqa: E402
 from tiny_rlhf_t2i.evaluate import score  # noqa: E402
-from tiny_rlhf_t2i.world import CaptionNoise, render, to_prompt, web_scene  # noqa: E402
+from tiny_rlhf_t2i.scenes import render  # noqa: E402
+from tiny_rlhf_t2i.world import to_prompt  # noqa: E402
 
 
 def judge_images(n: int, resolution: int) -> tuple[np.ndarray, list[dict]]:

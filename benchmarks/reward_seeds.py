@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from tiny_rlhf_t2i.clip import Clip, ClipConfig, train_clip  # noqa: E402
+from tiny_rlhf_t2i.corpus import CaptionNoise  # noqa: E402
 from tiny_rlhf_t2i.feedback import load_labeled  # noqa: E402
 from tiny_rlhf_t2i.files import load_checkpoint, pick_device  # noqa: E402
 from tiny_rlhf_t2i.reward import RewardTrainConfig, measure, train_reward_model  # noqa: E402
-from tiny_rlhf_t2i.world import CaptionNoise  # noqa: E402
 
 
 def main(argv=None):

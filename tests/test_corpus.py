@@ -1,4 +1,4 @@
-"""The web corpus table (corpus.WebCorpus): the very examples of world.web_corpus_batch, drawn
+"""The web corpus table (corpus.WebCorpus): the very examples of corpus.web_corpus_batch, drawn
 once, cached, and never trusted when the cache is of another corpus or broken."""
 import dataclasses
 
@@ -9,10 +9,9 @@ import torch
 import train_unet
 from tiny_rlhf_t2i import corpus
 from tiny_rlhf_t2i.config import parse_config
-from tiny_rlhf_t2i.corpus import WebCorpus, caption_noise
+from tiny_rlhf_t2i.corpus import WebCorpus, caption_noise, web_corpus_batch
 from tiny_rlhf_t2i.diffusion import to_model_space
 from tiny_rlhf_t2i.text import encode
-from tiny_rlhf_t2i.world import web_corpus_batch
 
 
 def _pre(*flags) -> dict:

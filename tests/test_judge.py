@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from tiny_rlhf_t2i.judge import connected_components, judge, well_formed
+from tiny_rlhf_t2i.scenes import Scene, render, render_prompt
 from tiny_rlhf_t2i.selfcheck import selfcheck
-from tiny_rlhf_t2i.world import COLORS, PALETTE, Scene, render, render_prompt
+from tiny_rlhf_t2i.world import COLORS, PALETTE
 
 
 @pytest.mark.parametrize("res", [16, 32, 64])

@@ -13,7 +13,8 @@ from tiny_rlhf_t2i.files import write_jsonl
 from tiny_rlhf_t2i.losses import reward_loss
 from tiny_rlhf_t2i.reward import RewardModel, augment_prompts
 from tiny_rlhf_t2i.text import encode
-from tiny_rlhf_t2i.world import UNSEEN_SHAPES, parse, prompt_set, render_prompt, to_prompt
+from tiny_rlhf_t2i.scenes import render_prompt
+from tiny_rlhf_t2i.world import UNSEEN_SHAPES, parse, prompt_set, to_prompt
 
 ATTRS = ("shape", "count", "color", "background")
 

@@ -14,9 +14,8 @@ import train_reward
 import train_unet
 from tiny_rlhf_t2i.config import parse_config, run
 from tiny_rlhf_t2i.text import NULL_IDS, encode
-from tiny_rlhf_t2i.corpus import WebCorpus
+from tiny_rlhf_t2i.corpus import CaptionNoise, WebCorpus, web_corpus_batch
 from tiny_rlhf_t2i.train_loop import drop_captions, lr_at
-from tiny_rlhf_t2i.world import CaptionNoise, web_corpus_batch
 
 
 def test_lr_schedule_warmup_then_cosine_to_min():

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_rlhf_t2i import world
-from tiny_rlhf_t2i.world import (BACKGROUNDS, CaptionNoise, Spec, all_prompts, parse, perturb,
-                                 render, render_prompt, sample_scene, to_prompt, web_caption)
+from tiny_rlhf_t2i import seeds, world
+from tiny_rlhf_t2i.corpus import CaptionNoise, web_caption, web_scene
+from tiny_rlhf_t2i.scenes import render, render_batch, render_prompt, sample_scene, scene_arrays
+from tiny_rlhf_t2i.world import BACKGROUNDS, Spec, all_prompts, parse, perturb, to_prompt
 
 
 @pytest.mark.parametrize("res", [16, 32, 64])
@@ -23,7 +24,7 @@ def _parity_scenes() -> list:
     """Thousands of scenes: web examples (every shape and count) and every template prompt,
     the objects' edges landing anywhere on the pixel grid."""
     rng = np.random.default_rng(0)
-    web = [world.web_scene(world.seeds.web_example(0, i), CaptionNoise())[0] for i in range(2500)]
+    web = [web_scene(seeds.web_example(0, i), CaptionNoise())[0] for i in range(2500)]
     return web + [sample_scene(s, rng) for s in all_prompts() for _ in range(2)]
 
 
@@ -33,9 +34,9 @@ def test_render_batch_draws_the_pixels_of_render(res):
     pixel of 3,132 scenes identical, and a scene's pixels do not depend on its batch."""
     scenes = _parity_scenes()
     ref = np.stack([render(s, res) for s in scenes])  # (N, H, W, 3)
-    batched = world.render_batch(world.scene_arrays(scenes), res)
+    batched = render_batch(scene_arrays(scenes), res)
     assert batched.dtype == torch.uint8 and np.array_equal(batched.numpy(), ref)
-    alone = world.render_batch(world.scene_arrays(scenes[7:8]), res)
+    alone = render_batch(scene_arrays(scenes[7:8]), res)
     assert np.array_equal(alone.numpy()[0], ref[7])
 
 

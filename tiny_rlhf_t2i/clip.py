@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import seeds
+from .corpus import web_corpus_batch
 from .diffusion import to_model_space
 from .text import TextEncoder, encode
 from .train_loop import lr_at
-from .world import web_corpus_batch
 
 
 @dataclasses.dataclass

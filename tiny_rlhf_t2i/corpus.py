@@ -1,12 +1,16 @@
-"""The web corpus of stages 0 and 3 as one table on the device, so a GPU never waits for data.
+"""The web corpus of stages 0 and 3: random scenes, their noisy captions, a table on the device.
 
-`world.web_corpus_batch` makes example i of the corpus in Python from its own random stream
+The web corpus (`web_caption`) pairs renders with noisy captions: attributes dropped, counts made
+vague, and large groups *systematically* undercounted. That noise is what makes the pretrained
+model misaligned on counts, as LAION captions make Stable Diffusion bad at counting.
+
+`web_corpus_batch` makes example i of the corpus in Python from its own random stream
 (seeds.web_example): about a millisecond per example, most of it drawing the scene and the
 caption, and a GPU step of the gpu preset wants 256 examples every few milliseconds. So
 `WebCorpus` draws every scene and caption once (in parallel processes, cached beside stage 0's
-checkpoint), keeps them as tensors on the training device, and a batch is a gather plus
-`world.render_batch` there: the very images and captions of web_corpus_batch, so the CPU run's
-numbers do not change (tests/test_corpus.py).
+checkpoint), keeps them as tensors on the training device, so a GPU never waits for data, and a
+batch is a gather plus `scenes.render_batch` there: the very images and captions of
+web_corpus_batch, so the CPU run's numbers do not change (tests/test_corpus.py).
 """
 import dataclasses
 import multiprocessing
@@ -17,12 +21,78 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, seeds
 from .diffusion import to_model_space
 from .files import save_checkpoint
+from .scenes import Scene, render_batch, sample_scene, scene_arrays
 from .text import encode
-from .world import CaptionNoise, render_batch, scene_arrays, web_corpus_scenes
+from .world import MAX_COUNT, PLURAL, SHAPES, VAGUE, Spec, _article, _number_word
 
+
+# ----------------------------------------------------------------------------- web captions
+@dataclasses.dataclass
+class CaptionNoise:
+    """How web-like (noisy) the pretraining captions are. All rates are probabilities."""
+    p_drop_color: float = 0.3  # the caption does not mention the objects' color
+    p_drop_background: float = 0.4  # the caption does not mention the background
+    p_vague_count: float = 0.2  # a count >= 2 becomes "some"/"several"/"many" or a bare plural
+    p_undercount: float = 0.7  # a group of >= undercount_from objects is captioned one too few
+    undercount_from: int = 3  # smallest group that people (and alt-texts) undercount
+
+
+PHRASINGS = ("{np}", "a photo of {np}", "a picture of {np}", "an image of {np}")
+PHRASINGS_BG = ("{np} on a {bg} background", "a photo of {np} on a {bg} background",
+                "a {bg} background with {np}", "an image of {np} on a {bg} background")
+
+
+def web_caption(scene: Scene, noise: CaptionNoise, rng: np.random.Generator) -> str:
+    """A noisy, web-like caption of a scene (README, "The world and the judge").
+
+    Why *systematic* undercounting: classifier-free guidance sharpens the most likely image for a
+    caption, so random count noise that leaves the true count most likely is fixed by guidance and
+    by more training. Undercounting larger groups makes "three" mostly mean four objects in the
+    data itself, which only feedback can correct."""
+    n = len(scene.objects)
+    stated = n - 1 if n >= noise.undercount_from and rng.random() < noise.p_undercount else n
+    color = None if rng.random() < noise.p_drop_color else scene.color
+    if stated >= 2 and rng.random() < noise.p_vague_count:
+        vague = rng.choice(VAGUE + ("",))
+        words = [str(vague)] if vague else []
+    else:
+        words = [_article(Spec(scene.shape, 1, color))] if stated == 1 else [_number_word(stated)]
+    words += [color] if color else []
+    words += [scene.shape if stated == 1 else PLURAL[scene.shape]]
+    np_ = " ".join(words)
+    if rng.random() < noise.p_drop_background:
+        return str(rng.choice(PHRASINGS)).format(np=np_)
+    return str(rng.choice(PHRASINGS_BG)).format(np=np_, bg=scene.background)
+
+
+def web_scene(rng: np.random.Generator, noise: CaptionNoise, shapes=SHAPES) -> tuple[Scene, str]:
+    """One pretraining pair: a random scene (every shape, seen and unseen, as LAION holds every
+    object) and its web caption. Drawing these is most of the cost of a web example; rendering
+    is the rest."""
+    spec = Spec(str(rng.choice(shapes)), int(rng.integers(1, MAX_COUNT + 1)))
+    scene = sample_scene(spec, rng)
+    return scene, web_caption(scene, noise, rng)
+
+
+def web_corpus_scenes(indices, noise: CaptionNoise, corpus_seed: int = 0):
+    """The scenes and captions of examples `indices` of the (finite, fixed) web corpus: example
+    i is always the same, whatever the batch or the run (its own stream, seeds.web_example)."""
+    scenes, captions = zip(*(web_scene(seeds.web_example(corpus_seed, int(i)), noise)
+                             for i in indices))
+    return list(scenes), list(captions)
+
+
+def web_corpus_batch(indices, noise: CaptionNoise, resolution: int, corpus_seed: int = 0):
+    """Examples `indices` of the web corpus, rendered: ((B, H, W, 3) uint8, [caption] * B).
+    `WebCorpus` serves the same examples from a table, for a GPU."""
+    scenes, captions = web_corpus_scenes(indices, noise, corpus_seed)
+    return render_batch(scene_arrays(scenes), resolution).numpy(), captions
+
+
+# ----------------------------------------------------------------------------- the device table
 CHUNK = 2000  # examples per task of the parallel build
 
 
@@ -35,7 +105,7 @@ def caption_noise(pre: dict) -> CaptionNoise:
 
 
 def _draw(job) -> dict[str, np.ndarray]:
-    """Examples [lo, hi) of a corpus: their scenes (world.scene_arrays) and caption ids."""
+    """Examples [lo, hi) of a corpus: their scenes (scene_arrays) and caption ids."""
     corpus_seed, noise, lo, hi = job
     scenes, captions = web_corpus_scenes(range(lo, hi), noise, corpus_seed)
     return {**scene_arrays(scenes), "ids": encode(captions).numpy().astype(np.uint8)}

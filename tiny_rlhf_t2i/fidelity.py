@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from .diffusion import to_model_space
 from .files import load_checkpoint, save_checkpoint
-from .world import BACKGROUNDS, COLORS, MAX_COUNT, SHAPES, Spec, render, sample_scene
+from .scenes import render, sample_scene
+from .world import BACKGROUNDS, COLORS, MAX_COUNT, SHAPES, Spec
 
 FEATURES = 64  # feature dimension
 

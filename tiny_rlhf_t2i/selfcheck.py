@@ -17,7 +17,8 @@ import time
 import numpy as np
 
 from .judge import judge
-from .world import ATTRIBUTES, RESOLUTIONS, all_prompts, perturb, render, sample_scene
+from .scenes import render, sample_scene
+from .world import ATTRIBUTES, RESOLUTIONS, all_prompts, perturb
 
 
 def selfcheck(n: int, resolution: int, seed: int = 0) -> dict:

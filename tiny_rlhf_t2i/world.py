@@ -1,4 +1,4 @@
-"""The synthetic world: our stand-in for the images and prompts of Stable Diffusion.
+"""The synthetic world's vocabulary and prompts: our stand-in for the prompts of Stable Diffusion.
 
 A scene is `count` identical shapes of one color on a plain background, so a prompt follows the
 paper's template "count color object background" (Lee et al. 2023, Sec. 4.1):
@@ -8,24 +8,16 @@ paper's template "count color object background" (Lee et al. 2023, Sec. 4.1):
     background  "a circle on a gray background"         (one object)
     combination "two red circles on a gray background"
 
-An attribute the prompt does not name is free: `sample_scene` picks it at random and the judge
-ignores it. Scenes are stored in resolution-free units (centers and radii as fractions of the
-image side), so one scene renders at 16, 32 or 64 px. Every color is far from every other in RGB,
-so a pixel's color name is never in doubt on a clean render.
-
-The web corpus (`web_caption`) pairs renders with noisy captions: attributes dropped, counts made
-vague, and large groups *systematically* undercounted. That noise is what makes the pretrained
-model misaligned on counts, as LAION captions make Stable Diffusion bad at counting.
+A prompt reads into a `Spec` (`parse`) and back (`to_prompt`); an attribute the prompt does not
+name is None there, free. The fixed evaluation prompts of the seen and unseen shapes are
+committed in data/ (`write_eval_prompt_sets`, `load_eval_prompts`).
 """
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from . import seeds
 from .config import UserError
 
 
@@ -85,19 +77,6 @@ class Spec:
     def attributes(self) -> dict:
         """The attributes this prompt names (GenEval-style metadata)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
-
-@dataclasses.dataclass(frozen=True)
-class Scene:
-    """A full scene description: what `render` draws (positions, radii: fractions of the side)."""
-    shape: str
-    color: str
-    background: str
-    objects: tuple  # ((cx, cy, r), ...), one triple per object, in [0, 1] image units
-
-    @property
-    def spec(self) -> Spec:
-        return Spec(self.shape, len(self.objects), self.color, self.background)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -260,183 +239,6 @@ def load_eval_prompts(split: str, data_dir: Path = DATA_DIR) -> list[Spec]:
         raise FileNotFoundError(f"{path} is missing; recreate it with "
                                 f"`python -m tiny_rlhf_t2i.world --write-prompt-sets`")
     return [parse(json.loads(line)["prompt"]) for line in path.read_text().splitlines() if line]
-
-
-# ----------------------------------------------------------------------------- scenes
-RADIUS = {"few": (0.16, 0.24), "many": (0.16, 0.18)}  # object radius range, fraction of the side
-GAP = 0.10  # minimum empty space between two objects, fraction of the side (1.6 px at 16 px)
-
-
-def sample_scene(spec: Spec, rng: np.random.Generator) -> Scene:
-    """Fill the spec's free attributes at random and place the objects without overlap."""
-    validate(spec)
-    count = spec.count or int(rng.integers(1, MAX_COUNT + 1))
-    if spec.color is None:
-        color = str(rng.choice([c for c in COLORS if c != spec.background]))
-    else:
-        color = spec.color
-    background = spec.background or str(rng.choice([b for b in BACKGROUNDS if b != color]))
-    lo, hi = RADIUS["few" if count <= 2 else "many"]
-    radii = rng.uniform(lo, hi, size=count)
-    if count >= 3:  # three or four objects: one per cell of a 2x2 grid, jittered inside the cell
-        cells = rng.permutation(4)[:count]
-        centers = [np.array([0.25 + 0.5 * (c % 2), 0.25 + 0.5 * (c // 2)])
-                   + rng.uniform(-1, 1, size=2) * (0.25 - r - GAP / 2)
-                   for c, r in zip(cells, radii)]
-    else:  # one or two objects anywhere: rejection sampling, which succeeds within a few tries
-        while True:
-            centers = [rng.uniform(r + 0.04, 1 - r - 0.04, size=2) for r in radii]
-            if count == 1 or math.dist(*centers) >= radii.sum() + GAP:
-                break
-    objects = tuple((float(c[0]), float(c[1]), float(r)) for c, r in zip(centers, radii))
-    return Scene(spec.shape, color, background, objects)
-
-
-def shape_mask(shape: str, dx, dy, r):
-    """Which pixels (offsets dx, dy from the center, y pointing down) a shape of radius r covers.
-    The four shapes have nearly equal areas (~2-3 r^2), so size never gives the shape away.
-    Arithmetic, abs and comparisons only, so numpy arrays (`render`) and torch tensors
-    (`render_batch`) give the same pixels."""
-    if shape == "circle":
-        return dx ** 2 + dy ** 2 <= r ** 2
-    if shape == "square":  # max(|dx|, |dy|) <= 0.85 r
-        return (abs(dx) <= 0.85 * r) & (abs(dy) <= 0.85 * r)
-    if shape == "diamond":
-        return abs(dx) + abs(dy) <= 1.1 * r
-    if shape == "triangle":  # apex up; base below the center, so the mass sits low
-        return (dy >= -r) & (dy <= 0.8 * r) & (abs(dx) <= 1.15 * (dy + r) / 1.8)
-    raise ValueError(f"unknown shape {shape!r}; {_choices('shapes', SHAPES)}")
-
-
-def on_grid(cx, cy, r, resolution: int):
-    """An object on the pixel grid: center on a pixel center, radius a whole number of pixels
-    plus a half (rounded down). An off-grid circle of radius 2.9 px rasterizes to a 5x5 square,
-    and then no judge (or person) could tell the shapes apart at 16 px. Floats or float64
-    arrays or tensors in (x // 1 is the floor of each), (px, py, r_px) in pixels out."""
-    return cx * resolution // 1 + 0.5, cy * resolution // 1 + 0.5, (r * resolution - 0.5) // 1 + 0.5
-
-
-def render(scene: Scene, resolution: int) -> np.ndarray:
-    """Draw a scene: (resolution, resolution, 3) uint8. Hard edges, no anti-aliasing, so every
-    pixel is exactly one palette color (what makes the judge exact on clean renders). The
-    readable reference; `render_batch` draws many scenes at once, pixel for pixel the same."""
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"unsupported resolution {resolution}; valid resolutions: {RESOLUTIONS}")
-    image = np.empty((resolution, resolution, 3), np.uint8)
-    image[:] = BACKGROUNDS[scene.background]
-    ys, xs = np.mgrid[0:resolution, 0:resolution] + 0.5  # pixel centers, (H, W)
-    for cx, cy, r in scene.objects:
-        px, py, r_px = on_grid(cx, cy, r, resolution)
-        mask = shape_mask(scene.shape, xs - px, ys - py, r_px)
-        image[mask] = COLORS[scene.color]
-    return image
-
-
-# Scenes as index tensors, for render_batch: shape, color and background by their position in
-# SHAPES, COLORS and BACKGROUNDS; objects padded to MAX_COUNT, an absent one far off the image.
-COLOR_RGB = torch.tensor(list(COLORS.values()), dtype=torch.uint8)  # (6, 3)
-BACKGROUND_RGB = torch.tensor(list(BACKGROUNDS.values()), dtype=torch.uint8)  # (4, 3)
-ABSENT = (-1e4, -1e4, 0.0)  # (cx, cy, r) of a padding object: it covers no pixel
-
-
-def scene_arrays(scenes: list[Scene]) -> dict[str, np.ndarray]:
-    """Scenes -> {"shape", "color", "background": (B,) int8 indices, "objects": (B, MAX_COUNT,
-    3) float64 (cx, cy, r) in image units, padded with ABSENT}: what render_batch draws."""
-    objects = np.array([list(s.objects) + [ABSENT] * (MAX_COUNT - len(s.objects))
-                        for s in scenes], np.float64).reshape(len(scenes), MAX_COUNT, 3)
-    return {"shape": np.array([SHAPES.index(s.shape) for s in scenes], np.int8),
-            "color": np.array([list(COLORS).index(s.color) for s in scenes], np.int8),
-            "background": np.array([list(BACKGROUNDS).index(s.background) for s in scenes],
-                                   np.int8),
-            "objects": objects}
-
-
-def render_batch(scenes: dict, resolution: int, device="cpu") -> torch.Tensor:
-    """Draw B scenes at once on any torch device: (B, H, W, 3) uint8, the very pixels of
-    `render` (tests/test_world.py checks thousands of scenes at 16, 32 and 64 px).
-    scenes: `scene_arrays` output (numpy or torch). Every shape's mask is computed for every
-    object and the scene's own shape picked: four times the arithmetic, no Python loop."""
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"unsupported resolution {resolution}; valid resolutions: {RESOLUTIONS}")
-    get = lambda k: torch.as_tensor(scenes[k]).to(device)
-    cx, cy, r = get("objects").unbind(-1)  # (B, K) each, float64 image units
-    px, py, r_px = (v[:, :, None, None] for v in on_grid(cx, cy, r, resolution))  # (B, K, 1, 1)
-    centers = torch.arange(resolution, dtype=torch.float64, device=device) + 0.5  # (W,)
-    dx, dy = centers.view(1, 1, 1, -1) - px, centers.view(1, 1, -1, 1) - py  # (B,K,1,W) (B,K,H,1)
-    masks = torch.stack([shape_mask(s, dx, dy, r_px) for s in SHAPES])  # (S, B, K, H, W)
-    rows = torch.arange(len(px), device=device)
-    covered = masks[get("shape").long(), rows].any(1)[..., None]  # (B, H, W, 1)
-    color = COLOR_RGB.to(device)[get("color").long()][:, None, None]  # (B, 1, 1, 3)
-    background = BACKGROUND_RGB.to(device)[get("background").long()][:, None, None]
-    return torch.where(covered, color, background)  # (B, H, W, 3)
-
-
-def render_prompt(prompt: str, resolution: int, seed: int) -> np.ndarray:
-    """Convenience: a clean render of a random scene that satisfies the prompt."""
-    return render(sample_scene(parse(prompt), np.random.default_rng(seed)), resolution)
-
-
-# ----------------------------------------------------------------------------- the web corpus
-@dataclasses.dataclass
-class CaptionNoise:
-    """How web-like (noisy) the pretraining captions are. All rates are probabilities."""
-    p_drop_color: float = 0.3  # the caption does not mention the objects' color
-    p_drop_background: float = 0.4  # the caption does not mention the background
-    p_vague_count: float = 0.2  # a count >= 2 becomes "some"/"several"/"many" or a bare plural
-    p_undercount: float = 0.7  # a group of >= undercount_from objects is captioned one too few
-    undercount_from: int = 3  # smallest group that people (and alt-texts) undercount
-
-
-PHRASINGS = ("{np}", "a photo of {np}", "a picture of {np}", "an image of {np}")
-PHRASINGS_BG = ("{np} on a {bg} background", "a photo of {np} on a {bg} background",
-                "a {bg} background with {np}", "an image of {np} on a {bg} background")
-
-
-def web_caption(scene: Scene, noise: CaptionNoise, rng: np.random.Generator) -> str:
-    """A noisy, web-like caption of a scene (README, "The world and the judge").
-
-    Why *systematic* undercounting: classifier-free guidance sharpens the most likely image for a
-    caption, so random count noise that leaves the true count most likely is fixed by guidance and
-    by more training. Undercounting larger groups makes "three" mostly mean four objects in the
-    data itself, which only feedback can correct."""
-    n = len(scene.objects)
-    stated = n - 1 if n >= noise.undercount_from and rng.random() < noise.p_undercount else n
-    color = None if rng.random() < noise.p_drop_color else scene.color
-    if stated >= 2 and rng.random() < noise.p_vague_count:
-        vague = rng.choice(VAGUE + ("",))
-        words = [str(vague)] if vague else []
-    else:
-        words = [_article(Spec(scene.shape, 1, color))] if stated == 1 else [_number_word(stated)]
-    words += [color] if color else []
-    words += [scene.shape if stated == 1 else PLURAL[scene.shape]]
-    np_ = " ".join(words)
-    if rng.random() < noise.p_drop_background:
-        return str(rng.choice(PHRASINGS)).format(np=np_)
-    return str(rng.choice(PHRASINGS_BG)).format(np=np_, bg=scene.background)
-
-
-def web_scene(rng: np.random.Generator, noise: CaptionNoise, shapes=SHAPES) -> tuple[Scene, str]:
-    """One pretraining pair: a random scene (every shape, seen and unseen, as LAION holds every
-    object) and its web caption. Drawing these is most of the cost of a web example; rendering
-    is the rest."""
-    spec = Spec(str(rng.choice(shapes)), int(rng.integers(1, MAX_COUNT + 1)))
-    scene = sample_scene(spec, rng)
-    return scene, web_caption(scene, noise, rng)
-
-
-def web_corpus_scenes(indices, noise: CaptionNoise, corpus_seed: int = 0):
-    """The scenes and captions of examples `indices` of the (finite, fixed) web corpus: example
-    i is always the same, whatever the batch or the run (its own stream, seeds.web_example)."""
-    scenes, captions = zip(*(web_scene(seeds.web_example(corpus_seed, int(i)), noise)
-                             for i in indices))
-    return list(scenes), list(captions)
-
-
-def web_corpus_batch(indices, noise: CaptionNoise, resolution: int, corpus_seed: int = 0):
-    """Examples `indices` of the web corpus, rendered: ((B, H, W, 3) uint8, [caption] * B).
-    corpus.WebCorpus serves the same examples from a table, for a GPU."""
-    scenes, captions = web_corpus_scenes(indices, noise, corpus_seed)
-    return render_batch(scene_arrays(scenes), resolution).numpy(), captions
 
 
 if __name__ == "__main__":
