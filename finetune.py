@@ -354,10 +354,12 @@ def main(argv=None):
 
     # ---- Round 1's D_model: stage 1's labels + unlabeled samples of the pretrained model,
     # scored by r (the paper's), then each run's rounds.
-    records = feedback_records("seen", cfg.unlabeled_per_category, cfg.seed + seeds.UNLABELED)
-    sample_round(inputs.pretrained, Path(cfg.feedback_dir), records, 0, 0.0, cfg)
-    d_model = load_d_model(inputs.stage1, Path(cfg.feedback_dir) / "unlabeled", inputs.reward,
-                           device)
+    d_model = None  # the control alone needs none
+    if any(RUNS[name].weights for name in cfg.runs.split(",")):
+        records = feedback_records("seen", cfg.unlabeled_per_category, cfg.seed + seeds.UNLABELED)
+        sample_round(inputs.pretrained, Path(cfg.feedback_dir), records, 0, 0.0, cfg)
+        d_model = load_d_model(inputs.stage1, Path(cfg.feedback_dir) / "unlabeled",
+                               inputs.reward, device)
     clock.lap("D_model samples, labels, rewards")
     results = {}
     for name in cfg.runs.split(","):

@@ -17,7 +17,7 @@ import count_breakdown  # noqa: E402
 import d_model_weights  # noqa: E402
 import reward_breakdown  # noqa: E402
 import reward_seeds  # noqa: E402
-import rounds_seeds  # noqa: E402
+import stage3_seeds  # noqa: E402
 
 
 def test_count_breakdown(smoke_run, capsys):
@@ -28,21 +28,35 @@ def test_count_breakdown(smoke_run, capsys):
     assert out.count("(count ") == 2 and "bad with a malformed blob" in out
 
 
-def test_rounds_seeds_launches_arms_and_tabulates_them(smoke_run, tmp_path, capsys):
-    """Two arms at smoke size, as separate processes, then the table of their evaluations."""
-    root = tmp_path / "rs"
-    rounds_seeds.main(["launch", str(root), "--seeds", "0", "--arms", "feedback,control",
+def test_stage3_seeds_launches_arms_and_writes_what_the_table_prints(smoke_run, tmp_path, capsys):
+    """Two arms at smoke size, as separate processes after one shared preparation, then the
+    table of their evaluations and its JSON (benchmarks/results/stage3_seeds.json's format)."""
+    root = tmp_path / "s3"
+    stage3_seeds.main(["launch", str(root), "--seeds", "0", "--arms", "feedback,control",
                        "--labeled", str(smoke_run / "feedback" / "train"),
                        "--fd", str(smoke_run / "fd"), "--timeout", "600", "--",
                        "--preset", "smoke", "--unet_dir", str(smoke_run / "unet"),
                        "--reward_dir", str(smoke_run / "reward")])
-    assert "s0/feedback: exit 0" in capsys.readouterr().out
-    rounds_seeds.main(["table", str(root), "--out", str(tmp_path / "t.json")])
+    out = capsys.readouterr().out
+    assert "s0/feedback: exit 0" in out and "s0/control: exit 0" in out
+    stage3_seeds.main(["table", str(root), "--out", str(tmp_path / "t.json")])
     out = capsys.readouterr().out
     assert "| feedback | 1 |" in out and "| control | 1 |" in out and "- feedback (s0): " in out
-    table = json.loads((tmp_path / "t.json").read_text())
-    assert table["s0"]["feedback"]["rounds_done"] == 2 and table["s0"]["feedback"]["finished"]
-    assert len(table["s0"]["control"]["curve"]) == 3  # pretrained and two rounds
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["command"].startswith("python benchmarks/stage3_seeds.py launch")
+    assert saved["commit"] and saved["machine"]
+    feedback, control = saved["seeds"]["s0"]["feedback"], saved["seeds"]["s0"]["control"]
+    assert feedback["finished"] and len(feedback["rounds"]) == len(control["rounds"]) == 2
+    last = feedback["rounds"][-1]
+    for key in ("overall", "count", "seen", "unseen", "combination", "well_formed", "fd",
+                "reward", "wins", "losses", "wins_vs_control", "count_breakdown"):
+        assert key in last, key
+    # the printed table is these numbers: the arm's final overall alignment, mean over one seed
+    assert f"| feedback | 1 | {last['overall']:.1f} |" in out
+    # the arms shared the seed's preparation: the same pretrained evaluation
+    pre = [json.loads((root / "s0" / a / "pretrained_eval.json").read_text())
+           for a in ("prep", "feedback", "control")]
+    assert pre[0] == pre[1] == pre[2]
 
 
 def test_reward_breakdown(smoke_run, capsys):

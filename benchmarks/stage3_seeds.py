@@ -1,0 +1,237 @@
+"""Stage 3 over seeds, each seed against its own same-compute control: the README's stage-3 table.
+
+    python benchmarks/stage3_seeds.py launch runs/s3 --seeds 0,1,2
+    python benchmarks/stage3_seeds.py table runs/s3 --out benchmarks/results/stage3_seeds.json
+
+`launch` first prepares each seed once (ROOT/sS/prep: the pretrained model's evaluation and
+round 1's unlabeled samples in ROOT/sS/feedback, next to a link to stage 1's labeled set), then
+runs every arm of --arms at every seed as its own `finetune.py` process (ROOT/sS/ARM), all at
+once with one CPU thread each; the arms of a seed share its round-1 samples, FD ruler and
+pretrained evaluation, and run at the committed defaults plus the arguments after `--` (e.g.
+--device cuda, or --evaluation val to choose settings on the validation seeds).
+
+`table` reads every arm's per-round evaluations (ARM/<run>/round<k>/eval.json) and prints, per
+seed and as mean [min, max] over seeds, each arm's final alignment, well-formed and FD against
+the pretrained model and against the control of the same seed, the win / loss rates from the
+same per-image verdicts, the over-optimization curve (every round) and the count per number.
+With --out it writes the same numbers as JSON: for each seed, arm and round the groups'
+alignment, well-formed, FD, mean reward, wins and losses, the count per number, with the commit
+and the machine. It works on the arms that finished (an arm stopped early shows its last round).
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout
+import finetune  # noqa: E402
+
+ARMS = tuple(finetune.RUNS)  # an arm is a run of finetune.py (its RUNS table)
+GROUPS = ("overall", "seen", "unseen", "count", "color", "background", "combination")
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+
+
+def _wait(procs: list, timeout: float) -> None:
+    for name, t0, p in procs:
+        try:
+            rc = p.wait(timeout=max(1.0, timeout - (time.time() - t0)))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = "killed (timeout)"
+        print(f"{name}: exit {rc} after {time.time() - t0:.0f} s")
+
+
+def launch(root: Path, seeds: list[int], extra: list[str], labeled: Path, fd: Path,
+           timeout: float, arms: list[str]) -> None:
+    script = [sys.executable, str(REPO / "finetune.py"), "--threads", "1", "--best_of_n", "1"]
+    preps = []
+    for seed in seeds:  # once per seed: the pretrained evaluation and round 1's samples
+        s = root / f"s{seed}"
+        (s / "feedback").mkdir(parents=True, exist_ok=True)
+        if not (s / "feedback" / "train").exists():
+            (s / "feedback" / "train").symlink_to(labeled.resolve())
+        if fd.exists() and not (s / "fd").exists():
+            shutil.copytree(fd, s / "fd")  # the FD ruler, cached: the same for every arm
+        cmd = [*script, "--runs", "feedback", "--stop_after", "1", "--seed", str(seed),
+               "--out_dir", str(s / "prep"), "--feedback_dir", str(s / "feedback"), *extra]
+        preps.append((s / "prep", time.time(), _start(cmd, s / "prep.log")))
+    _wait(preps, timeout)
+    procs = []
+    for seed in seeds:
+        s = root / f"s{seed}"
+        for name in arms:
+            (s / name).mkdir(exist_ok=True)
+            shutil.copy(s / "prep" / "pretrained_eval.json", s / name)  # read back by --resume
+            cmd = [*script, "--runs", name, "--seed", str(seed), "--resume", "true",
+                   "--out_dir", str(s / name), "--feedback_dir", str(s / "feedback"), *extra]
+            procs.append((s / name, time.time(), _start(cmd, s / f"{name}.log")))
+    print(f"{len(procs)} arms started")
+    _wait(procs, timeout)
+
+
+def read_arm(ft: Path) -> dict | None:
+    """The arm's pretrained evaluation and its run's evaluations, one per finished round."""
+    pre = ft / "pretrained_eval.json"
+    rounds = sorted((ft / ft.name).glob("round*/eval.json"), key=lambda p: int(p.parent.name[5:]))
+    if not pre.exists() or not rounds:
+        return None
+    return {"pretrained": json.loads(pre.read_text()), "finished": (ft / "metrics.json").exists(),
+            "rounds": [json.loads(p.read_text()) for p in rounds]}
+
+
+def wins(new: list, old: list) -> tuple[float, float]:
+    new, old = np.asarray(new, bool), np.asarray(old, bool)
+    return float((new & ~old).mean()), float((~new & old).mean())
+
+
+def summarize(m: dict) -> dict:
+    out = {g: 100 * m["alignment"][g]["mean"] for g in GROUPS}
+    out.update(well_formed=100 * m["well_formed"]["mean"], fd=m["fd"], reward=m["reward"],
+               count_breakdown=m["count_breakdown"])
+    return out
+
+
+def table(root: Path) -> dict:
+    """{seed: {"pretrained": row, arm: {"finished", "rounds": [row of round 1, 2, ...]}}}; a
+    row holds summarize()'s numbers plus wins / losses against the pretrained model and, for
+    the arms beside a control, against the control's same round."""
+    per_seed = {}
+    for seed_dir in sorted(root.glob("s*")):
+        arms = {a.name: read_arm(a) for a in sorted(seed_dir.iterdir()) if a.name in ARMS}
+        arms = {k: v for k, v in arms.items() if v is not None}
+        if not arms:
+            continue
+        pre = next(iter(arms.values()))["pretrained"]
+        control = arms.get("control")
+        rows = {"pretrained": summarize(pre["metrics"])}
+        for name, arm in arms.items():
+            out = []
+            for k, ev in enumerate(arm["rounds"]):
+                row = summarize(ev["metrics"])
+                row["wins"], row["losses"] = wins(ev["goods"], pre["goods"])
+                if control is not None and name != "control" and k < len(control["rounds"]):
+                    row["wins_vs_control"], row["losses_vs_control"] = wins(
+                        ev["goods"], control["rounds"][k]["goods"])
+                out.append(row)
+            rows[name] = {"finished": arm["finished"], "rounds": out}
+        per_seed[seed_dir.name] = rows
+    return per_seed
+
+
+def report(per_seed: dict) -> str:
+    names = sorted({n for rows in per_seed.values() for n in rows},
+                   key=lambda n: (n != "pretrained", n not in ARMS, list(ARMS).index(n)
+                                  if n in ARMS else 0))
+    keys = (*GROUPS, "well_formed", "fd", "reward")
+    lines = [f"Seeds: {', '.join(per_seed)}. Mean [min, max] over the seeds an arm ran at; "
+             "delta columns are per seed, against that seed's pretrained model / control.", "",
+             "| arm | seeds | " + " | ".join(keys) + " | d count vs pre | d count vs control "
+             "| d seen vs pre | d unseen vs pre | d well-formed | FD ratio | win:loss vs pre |",
+             "|---|---|" + "---|" * (len(keys) + 7)]
+
+    def agg(values):
+        v = np.asarray(values, float)
+        return f"{v.mean():.1f} [{v.min():.1f}, {v.max():.1f}]" if len(v) > 1 else f"{v[0]:.1f}"
+    final = lambda r: r if "rounds" not in r else r["rounds"][-1]  # noqa: E731
+    for name in names:
+        seeds = [s for s in per_seed if name in per_seed[s]]
+        rows = [final(per_seed[s][name]) for s in seeds]
+        pres = [per_seed[s]["pretrained"] for s in seeds]
+        ctrl = [final(per_seed[s]["control"]) if "control" in per_seed[s] else None
+                for s in seeds]
+        cells = [agg([r[k] for r in rows]) if k != "reward" else
+                 f"{np.mean([r[k] for r in rows]):.3f}" for k in keys]
+        if name == "pretrained":
+            lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |" + " - |" * 7)
+            continue
+        d = lambda k, base: agg([r[k] - b[k] for r, b in zip(rows, base) if b is not None]) \
+            if all(b is not None for b in base) else "-"
+        ratio = agg([r["fd"] / p["fd"] for r, p in zip(rows, pres)])
+        w = [r["wins"] / max(r["losses"], 1e-9) for r in rows]
+        lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells)
+                     + f" | {d('count', pres)} | {d('count', ctrl)} | {d('seen', pres)} | "
+                     f"{d('unseen', pres)} | {d('well_formed', pres)} | {ratio} | "
+                     f"{agg(w)} |")
+    lines += ["", "Over-optimization curve (first seed of each arm; round 0 = pretrained): "
+              "reward / gold alignment / well-formed / FD per round:", ""]
+    for name in names[1:]:
+        s = next(s for s in per_seed if name in per_seed[s])
+        curve = [per_seed[s]["pretrained"]] + per_seed[s][name]["rounds"]
+        lines.append(f"- {name} ({s}): " + " -> ".join(
+            f"{p['reward']:.3f} / {p['overall']:.1f} / {p['well_formed']:.1f} / {p['fd']:.0f}"
+            for p in curve))
+    lines += ["", "Count per number (good / asked, summed over seeds):", ""]
+    for name in names[1:]:
+        total = {}
+        for s in per_seed:
+            if name not in per_seed[s]:
+                continue
+            for w, t in final(per_seed[s][name])["count_breakdown"].items():
+                acc = total.setdefault(w, [0, 0, 0])
+                acc[0], acc[1], acc[2] = acc[0] + t["good"], acc[1] + t["asked"], \
+                    acc[2] + t["malformed"]
+        lines.append(f"- {name}: " + ", ".join(f"{w} {g}/{n} ({b} bad with a malformed blob)"
+                                               for w, (g, n, b) in total.items()))
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    """Where a launch ran: the commit and the CPU (a GPU run says so in its arguments)."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in
+             (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if line.startswith("model name")]
+    return {"commit": commit, "dirty": bool(subprocess.run(
+                ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True).stdout.strip()),
+            "machine": f"{names[0] if names else platform.processor()}, {os.cpu_count()} cores",
+            "torch_threads_per_arm": 1}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    command = "python benchmarks/stage3_seeds.py " + " ".join(argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("launch", "table"))
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--arms", default="feedback,control", help=f"runs of {', '.join(ARMS)}")
+    parser.add_argument("--labeled", type=Path, default=Path("data/feedback/train"))
+    parser.add_argument("--fd", type=Path, default=Path("runs/fd"))
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per arm")
+    parser.add_argument("--out", type=Path, help="write the table's numbers as JSON here")
+    args = parser.parse_args(argv)
+    if args.what == "launch":
+        t0 = time.time()
+        launch(args.root, [int(s) for s in args.seeds.split(",")], extra, args.labeled, args.fd,
+               args.timeout, args.arms.split(","))
+        (args.root / "launch.json").write_text(json.dumps(
+            {"command": command, **machine(), "minutes": round((time.time() - t0) / 60, 1)}))
+        return
+    per_seed = table(args.root)
+    print(report(per_seed))
+    if args.out:
+        launched = args.root / "launch.json"
+        info = json.loads(launched.read_text()) if launched.exists() else {}
+        args.out.write_text(json.dumps({**info, "table_command": command, "seeds": per_seed},
+                                       indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
