@@ -99,6 +99,7 @@ def wins(new: list, old: list) -> tuple[float, float]:
 def summarize(m: dict) -> dict:
     out = {g: 100 * m["alignment"][g]["mean"] for g in GROUPS}
     out.update(well_formed=100 * m["well_formed"]["mean"], fd=m["fd"], reward=m["reward"],
+               shape_fit=m["shape_fit"]["mean"], diversity=m["diversity"],
                count_breakdown=m["count_breakdown"])
     return out
 
@@ -134,7 +135,7 @@ def report(per_seed: dict) -> str:
     names = sorted({n for rows in per_seed.values() for n in rows},
                    key=lambda n: (n != "pretrained", n not in ARMS, list(ARMS).index(n)
                                   if n in ARMS else 0))
-    keys = (*GROUPS, "well_formed", "fd", "reward")
+    keys = (*GROUPS, "well_formed", "fd", "shape_fit", "reward")
     lines = [f"Seeds: {', '.join(per_seed)}. Mean [min, max] over the seeds an arm ran at; "
              "delta columns are per seed, against that seed's pretrained model / control.", "",
              "| arm | seeds | " + " | ".join(keys) + " | d count vs pre | d count vs control "
@@ -151,7 +152,7 @@ def report(per_seed: dict) -> str:
         pres = [per_seed[s]["pretrained"] for s in seeds]
         ctrl = [final(per_seed[s]["control"]) if "control" in per_seed[s] else None
                 for s in seeds]
-        cells = [agg([r[k] for r in rows]) if k != "reward" else
+        cells = [agg([r[k] for r in rows]) if k not in ("reward", "shape_fit") else
                  f"{np.mean([r[k] for r in rows]):.3f}" for k in keys]
         if name == "pretrained":
             lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |" + " - |" * 7)
@@ -165,12 +166,13 @@ def report(per_seed: dict) -> str:
                      f"{d('unseen', pres)} | {d('well_formed', pres)} | {ratio} | "
                      f"{agg(w)} |")
     lines += ["", "Over-optimization curve (first seed of each arm; round 0 = pretrained): "
-              "reward / gold alignment / well-formed / FD per round:", ""]
+              "reward / gold alignment / well-formed / FD / shape fit per round:", ""]
     for name in names[1:]:
         s = next(s for s in per_seed if name in per_seed[s])
         curve = [per_seed[s]["pretrained"]] + per_seed[s][name]["rounds"]
         lines.append(f"- {name} ({s}): " + " -> ".join(
-            f"{p['reward']:.3f} / {p['overall']:.1f} / {p['well_formed']:.1f} / {p['fd']:.0f}"
+            f"{p['reward']:.3f} / {p['overall']:.1f} / {p['well_formed']:.1f} / {p['fd']:.0f} / "
+            f"{p['shape_fit']:.3f}"
             for p in curve))
     lines += ["", "Count per number (good / asked, summed over seeds):", ""]
     for name in names[1:]:

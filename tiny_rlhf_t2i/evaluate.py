@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from . import seeds
 from .diffusion import sample, to_uint8
-from .fidelity import clean_references, diversity, feature_net, features, frechet_distance
+from .fidelity import (clean_references, diversity, feature_net, features, frechet_distance,
+                       shape_fit_summary)
 from .files import atomic_write_text
 from .judge import analyze, verdict
 from .world import CATEGORIES, load_eval_prompts, to_prompt
@@ -181,8 +182,8 @@ def win_rate(goods_new, goods_old) -> dict:
 
 class Evaluator:
     """Every model on the same prompts, seeds and sampler noise, judged by the gold judge:
-    alignment, well-formed, FD, diversity, count per number, and the mean reward of a reward
-    model (which rises while the gold alignment falls when the reward is exploited)."""
+    alignment, well-formed, FD, shape fit, diversity, count per number, and the mean reward of
+    a reward model (which rises while the gold alignment falls when the reward is exploited)."""
 
     def __init__(self, samples_per_prompt: int, num_inference_steps: int, guidance_scale: float,
                  resolution: int, reward, fd_cache, fd_net_steps: int, val: bool = False):
@@ -196,6 +197,7 @@ class Evaluator:
         m, goods, reasons = score(images, self.records)
         f = features(self.fnet, images)
         m["fd"], m["diversity"] = frechet_distance(f, self.ref_feats), diversity(f, self.records)
+        m["shape_fit"] = shape_fit_summary(images)  # exactly 1 on clean renders
         m["reward"] = float(self.reward.score(images, [r["prompt"] for r in self.records]).mean())
         m["count_breakdown"] = count_breakdown(self.records, goods, reasons)
         return m, goods

@@ -5,6 +5,11 @@ Inception, so the feature network is a small CNN trained once to name the attrib
 renders (shape, color, count, background); its penultimate layer is the feature space. It is
 trained on clean renders only and then frozen and cached, so every model is measured with the
 same ruler. FD = |mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)).
+
+`shape_fit` measures shape fidelity without the judge's acceptance thresholds: how well each
+blob matches the best clean render of any shape at any on-grid place and size (exactly 1 on
+every clean render). A reward trained on the judge's labels can learn to please the judge with
+in-between shapes; it cannot move this number without drawing cleaner shapes.
 """
 from pathlib import Path
 
@@ -16,7 +21,8 @@ from tqdm import tqdm
 
 from .diffusion import to_model_space
 from .files import load_checkpoint, save_checkpoint
-from .scenes import render, sample_scene
+from .judge import PALETTE_NAMES, connected_components, quantize
+from .scenes import render, sample_scene, shape_mask
 from .world import BACKGROUNDS, COLORS, MAX_COUNT, SHAPES, Spec
 
 FEATURES = 64  # feature dimension
@@ -113,3 +119,50 @@ def diversity(feats: np.ndarray, records: list[dict]) -> float:
             d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
             spreads.append(d.sum() / (len(f) * (len(f) - 1)))
     return float(np.mean(spreads)) if spreads else float("nan")  # one sample a prompt: no spread
+
+
+def shape_fit(image: np.ndarray) -> list[float]:
+    """For each blob of an (H, W, 3) uint8 image (8-connected pixels that are not the most common
+    color, the background; specks of 1-2 pixels skipped), the best intersection-over-union with
+    a clean shape: any of the four shapes, centered on a pixel center within 2 px of the blob's
+    centroid, with a radius of k + 1/2 px (the renderer's grid, scenes.on_grid) whose area is
+    near the blob's. A clean render scores exactly 1 per object; a soft, broken or in-between
+    shape less. Two shapes merged into one blob score low, as they should."""
+    q = quantize(image)
+    side = image.shape[0]
+    counts = np.bincount(q[q >= 0].ravel(), minlength=len(PALETTE_NAMES))
+    foreground = q != (counts.argmax() if counts.any() else -2)  # (H, W)
+    ys, xs = np.mgrid[0:side, 0:side] + 0.5  # pixel centers
+    fits = []
+    for pixels in connected_components(foreground):
+        if len(pixels) <= 2 * (side / 16) ** 2:
+            continue
+        blob = np.zeros((side, side), bool)
+        blob[pixels[:, 0], pixels[:, 1]] = True
+        cy, cx = pixels.mean(0) + 0.5
+        radii = np.arange(np.floor(np.sqrt(len(pixels) / 3.6)), np.sqrt(len(pixels) / 1.4) + 1) + 0.5
+        centers = [(np.floor(cx) + dx + 0.5, np.floor(cy) + dy + 0.5)
+                   for dx in (-1, 0, 1) for dy in (-2, -1, 0, 1, 2)]
+        px, py, r = (np.array(v)[:, None, None, None] for v in  # (candidates, 1, 1, 1)
+                     zip(*[(x, y, rr) for x, y in centers for rr in radii]))
+        best = 0.0
+        for shape in ("circle", "square", "diamond", "triangle"):
+            masks = shape_mask(shape, xs[None] - px[..., 0], ys[None] - py[..., 0],
+                               r[..., 0])  # (candidates, H, W)
+            inter = (masks & blob).sum((1, 2))
+            union = (masks | blob).sum((1, 2))
+            best = max(best, float((inter / union).max()))
+        fits.append(best)
+    return fits
+
+
+def shape_fit_summary(images: np.ndarray) -> dict:
+    """shape_fit over a set of images: its mean, 10th percentile and median over all blobs, and
+    the fraction of blobs that are exact clean shapes (IoU 1)."""
+    fits = np.array([f for im in images for f in shape_fit(im)])
+    if not len(fits):
+        return {"mean": float("nan"), "p10": float("nan"), "median": float("nan"),
+                "exact": float("nan"), "blobs": 0}
+    return {"mean": float(fits.mean()), "p10": float(np.percentile(fits, 10)),
+            "median": float(np.median(fits)), "exact": float((fits >= 1.0).mean()),
+            "blobs": int(len(fits))}

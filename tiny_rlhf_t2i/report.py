@@ -17,7 +17,7 @@ def curve_point(m: dict) -> dict:
     return {"reward": m["reward"], "alignment": m["alignment"]["overall"]["mean"],
             **{g: m["alignment"][g]["mean"] for g in ("seen", "unseen", "count")},
             "well_formed": m["well_formed"]["mean"], "fd": m["fd"],
-            "count_breakdown": m["count_breakdown"]}
+            "shape_fit": m["shape_fit"]["mean"], "count_breakdown": m["count_breakdown"]}
 
 
 def write(out, cfg, run_cfgs: dict, weights: dict, pretrained, before, results: dict,
@@ -83,8 +83,9 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
              f"({cfg.eval_samples_per_prompt} samples per evaluation prompt, {cfg.evaluation} "
              f"seeds):", "",
              alignment_table(metrics), "| model | weights | rounds | t_min | anchor | beta "
-             "| balanced | labels | FD | diversity | win / tie / loss vs pretrained "
-             "| vs control |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| balanced | labels | FD | shape fit: mean / exact | diversity "
+             "| win / tie / loss vs pretrained | vs control |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in metrics.items():
         c = run_cfgs.get(name)
         rounds = "-" if c is None else c.rounds
@@ -93,7 +94,8 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
             c.balance)
         lines.append(f"| {name} | {weights.get(name) or '-'} | {rounds} | "
                      + " | ".join(map(str, tuned)) + f" | {n_labels.get(name, '-')} | "
-                     f"{m['fd']:.2f} | {m['diversity']:.2f} | "
+                     f"{m['fd']:.2f} | {m['shape_fit']['mean']:.3f} / "
+                     f"{100 * m['shape_fit']['exact']:.1f}% | {m['diversity']:.2f} | "
                      f"{pct(m.get('win_rate_vs_pretrained'))} | "
                      f"{pct(m.get('win_rate_vs_control'))} |")
     groups = [f"{s}/{c}" for s in ("seen", "unseen") for c in CATEGORIES]
@@ -106,7 +108,8 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
               "reward on the evaluation samples; count per number: good / asked (bad ones with "
               "a malformed blob):", "",
               "| run | round | steps | reward | alignment | seen | unseen | count | well-formed "
-              "| FD | count per number |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| FD | shape fit | count per number |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, points in curves.items():
         for p in points:
             per_number = ", ".join(f"{w} {t['good']}/{t['asked']} ({t['malformed']})"
@@ -115,5 +118,5 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
                          + " | ".join(f"{100 * p[g]:.1f}" for g in ("alignment", "seen",
                                                                      "unseen", "count",
                                                                      "well_formed"))
-                         + f" | {p['fd']:.1f} | {per_number} |")
+                         + f" | {p['fd']:.1f} | {p['shape_fit']:.3f} | {per_number} |")
     return "\n".join(lines) + "\n"
