@@ -1,5 +1,5 @@
 """Bad input, as a new user gives it: every case ends in exit code 2 and one line on stderr that
-names the problem, with no traceback and no file written or changed (issue 18).
+names the problem, with no traceback and no file written or changed.
 
 Cases are (script, argv, what the line must say). Paths in argv are templates: {smoke} is the
 smoke-sized pipeline of tests/conftest.py, {tmp} this test's folder, {bad} a folder of broken

@@ -1,6 +1,6 @@
 """kill -9 at chosen moments: each stage, killed between writing a file's temporary copy and
 renaming it into place (the worst moment for an atomic write), resumes with the same command
-to exactly the outputs of an uninterrupted run, with no temporary file left (issue 18)."""
+to exactly the outputs of an uninterrupted run, with no temporary file left."""
 import json
 import os
 import subprocess
