@@ -5,13 +5,16 @@ Cases are (script, argv, what the line must say). Paths in argv are templates: {
 smoke-sized pipeline of tests/conftest.py, {tmp} this test's folder, {bad} a folder of broken
 inputs that `bad_files` makes before the snapshot of files is taken.
 """
+import errno
 import json
+import os
 import pickle
 import shutil
 import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 import finetune
 import train_reward
@@ -90,6 +93,13 @@ CASES = [
     (sample, ["a circle", "--ckpt", "{bad}/empty.pt"], "empty.pt"),
     (sample, ["a circle", "--ckpt", "{bad}/half.pt"], "half.pt"),
     (sample, ["a circle", "--ckpt", "{bad}/payload.pt"], "payload.pt"),
+    (sample, ["a circle", "--ckpt", "{bad}/resized.pt"],
+     "resized.pt was made with other model settings (size mismatch for"),
+    (train_unet, [*U, "--channels", "32", "--resume", "true", "--out_dir", "{bad}/unet_16"],
+     "ckpt.pt was made with other model settings (--channels 16, not 32); resume with the "
+     "settings it was made with, or delete"),
+    (train_unet, [*U, "--heads", "2", "--resume", "true", "--out_dir", "{bad}/unet_16"],
+     "ckpt.pt was made with other model settings (--heads 4, not 2)"),  # the same shapes
     (train_reward, [*U, "--unet_dir", "{tmp}/nowhere", "--out_dir", "{tmp}/r", "--feedback_dir",
                     "{tmp}/fb"], "ckpt.pt does not exist; run `python train_unet.py"),
     (train_reward, [*U, "--unet_dir", "{bad}/reward_as_unet", "--out_dir", "{tmp}/r",
@@ -104,9 +114,15 @@ CASES = [
     (finetune, [*FT, "{tmp}/no_feedback"], "labels.jsonl does not exist; run `python "
                                            "train_reward.py"),
     (finetune, [*FT, "{bad}/fb_true"], "label must be 0 or 1, not True"),
-    (finetune, [*FT, "{bad}/fb_unknown"], "labels images that are not in its samples.jsonl"),
+    (finetune, [*FT, "{bad}/fb_unknown"], "id 's0_999999' is not in the folder's samples.jsonl"),
     (finetune, [*FT, "{bad}/fb_json"], "labels.jsonl"),
     (finetune, [*FT, "{bad}/fb_missing_image"], "missing or corrupt"),
+    (train_reward, [*U, "--unet_dir", "{smoke}/unet", "--out_dir", "{tmp}/r", "--feedback_dir",
+                    "{bad}/fb_extra"], "id 's0_999999' is not in the folder's samples.jsonl"),
+    (train_reward, [*U, "--unet_dir", "{smoke}/unet", "--out_dir", "{tmp}/r", "--feedback_dir",
+                    "{bad}/fb_empty"], "labels.jsonl is empty while samples.jsonl has 64 images; "
+                                       "delete it to have the judge label them, or label them "
+                                       "in your browser: python -m tiny_rlhf_t2i.label"),
     # ---- run folders
     (train_unet, [*U, "--out_dir", "{bad}/a_file"], "cannot write to the run folder"),
     (train_unet, [*U, "--out_dir", "{bad}/a_file/run"], "cannot write to the run folder"),
@@ -115,6 +131,10 @@ CASES = [
     (finetune, [*U, "--unet_dir", "{smoke}/unet", "--reward_dir", "{smoke}/reward",
                 "--out_dir", "{bad}/a_file", "--feedback_dir", "{smoke}/feedback"],
      "cannot write to the run folder"),
+    (sample, ["a circle", "--ckpt", "{smoke}/unet/ckpt.pt", "--out", "{bad}/a_file"],
+     "--out must be a folder, but"),
+    (sample, ["a circle", "--ckpt", "{smoke}/unet/ckpt.pt", "--out", "{bad}/a_file/grids"],
+     "a_file is a file"),
 ]
 
 
@@ -125,8 +145,8 @@ class _Payload:
 
 @pytest.fixture(scope="module")
 def bad_files(smoke_run, tmp_path_factory):
-    """Broken inputs, made once: corrupt checkpoints, checkpoints of the wrong kind, broken
-    feedback folders, a file where a run folder should be."""
+    """Broken inputs, made once: corrupt checkpoints, checkpoints of the wrong kind or size,
+    broken feedback folders, a file where a run folder should be."""
     bad = tmp_path_factory.mktemp("bad")
     (bad / "garbage.pt").write_bytes(b"not a checkpoint at all" * 10)
     (bad / "empty.pt").write_bytes(b"")
@@ -137,9 +157,14 @@ def bad_files(smoke_run, tmp_path_factory):
     shutil.copy(smoke_run / "reward" / "reward.pt", bad / "reward_as_unet" / "ckpt.pt")
     shutil.copytree(smoke_run / "reward", bad / "unet_as_reward")
     shutil.copy(smoke_run / "unet" / "ckpt.pt", bad / "unet_as_reward" / "reward.pt")
+    state = torch.load(smoke_run / "unet" / "ckpt.pt", weights_only=True)
+    state["model_config"]["channels"] = 32  # the weights are of --channels 16
+    torch.save(state, bad / "resized.pt")
+    shutil.copytree(smoke_run / "unet", bad / "unet_16")  # a stage-0 run (smoke: --channels 16)
     (bad / "a_file").write_text("")
     for name, edit in (("fb_true", "true"), ("fb_unknown", "unknown"), ("fb_json", "json"),
-                       ("fb_missing_image", "image")):
+                       ("fb_missing_image", "image"), ("fb_extra", "extra"),
+                       ("fb_empty", "empty")):
         shutil.copytree(smoke_run / "feedback" / "train", bad / name / "train")
         path = bad / name / "train" / "labels.jsonl"
         rows = [json.loads(r) for r in path.read_text().splitlines()]
@@ -149,10 +174,14 @@ def bad_files(smoke_run, tmp_path_factory):
             rows[0]["id"] = "s0_999999"
         if edit == "image":
             (bad / name / "train" / rows[0]["image"]).unlink()
+        if edit == "extra":  # a label of an image file that samples.jsonl does not list
+            rows.append({**rows[0], "id": "s0_999999"})
+        if edit == "empty":  # 0 bytes: a person's labels file, emptied
+            rows = []
         lines = [json.dumps(r) for r in rows]
         if edit == "json":
             lines[1] = lines[1][:-5]
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text("".join(line + "\n" for line in lines))
     return bad
 
 
@@ -178,6 +207,36 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(script, argv, message,
     assert message in err and "Traceback" not in err, err
     assert _files(smoke_run, bad_files, tmp_path) == before  # nothing written or changed
     assert not Path("/tmp/tiny_rlhf_t2i_payload_ran").exists()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_full_disk_while_stage0_saves_is_one_line_naming_the_file(resume, smoke_run, tmp_path,
+                                                                      monkeypatch, capsys):
+    """The disk fills while stage 0 writes its checkpoint, in a fresh run and in a resume:
+    exit 2 and one line naming the file, the last line of stderr (the progress bar above it is
+    closed first, not glued to its start and drawn again below it at exit); the previous
+    checkpoint is intact and no temporary file is left."""
+    out = tmp_path / "unet"
+    out.mkdir()
+    shutil.copy(smoke_run / "unet" / "corpus.pt", out)  # the web corpus, not drawn again
+    if resume:
+        shutil.copy(smoke_run / "unet" / "ckpt.pt", out)  # 30 steps: 2 more, then the save
+    before = _files(out)
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        run(train_unet.main, [*U, "--out_dir", str(out), "--steps", "32" if resume else "2",
+                              "--resume", str(resume).lower()])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    kept = " (the previous one is intact)" if resume else ""
+    assert err.splitlines()[-1].startswith(f"error: could not write {out / 'ckpt.pt'}{kept}: "
+                                           f"No space left on device; free disk space"), err
+    assert err.count("error") == 1 and "Traceback" not in err, err
+    assert _files(out) == before  # the checkpoint of a resume intact, no temporary file
 
 
 def test_there_are_at_least_sixty_cases():

@@ -76,6 +76,8 @@ def _folder(tmp_path, rows):
     for r in rows:
         Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / r["image"])
     (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "samples.jsonl").write_text("".join(  # labels must be of these images
+        json.dumps({**r, "judge_good": True, "judge_reason": ""}) + "\n" for r in rows))
 
 
 def test_labels_file_errors_name_the_line(tmp_path):
@@ -92,6 +94,9 @@ def test_labels_file_errors_name_the_line(tmp_path):
         (tmp_path / "labels.jsonl").write_text(json.dumps({**row, "label": bad}) + "\n")
         with pytest.raises(UserError, match=f"line 1: label must be 0 or 1, not {bad}"):
             load_labeled(tmp_path, "python train_reward.py")
+    (tmp_path / "labels.jsonl").write_text(json.dumps({**row, "id": "c"}) + "\n")  # a's image
+    with pytest.raises(UserError, match="line 1: id 'c' is not in the folder's samples.jsonl"):
+        load_labeled(tmp_path, "python train_reward.py")  # stage 2 must not train on it
     with pytest.raises(UserError, match="does not exist; run `python train_reward.py`"):
         load_labeled(tmp_path / "nowhere", "python train_reward.py")
 

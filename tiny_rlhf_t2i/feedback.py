@@ -62,8 +62,9 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
     (folder / "images").mkdir(exist_ok=True)
     samples_path, labels_path = folder / "samples.jsonl", folder / "labels.jsonl"
     samples = read_rows(samples_path, "train_reward.py") if samples_path.exists() else []
-    labels = read_rows(labels_path, "train_reward.py") if labels_path.exists() else []
     done = {r["id"]: r for r in samples}
+    labels = (read_rows(labels_path, "train_reward.py", label_check(done))
+              if labels_path.exists() else [])
     extra = sorted(set(done) - {r["id"] for r in records})
     if extra:  # another set (other seed or size) lives here: never mix two sets in one folder
         raise UserError(f"{folder} holds images of another feedback set ({extra[0]}, "
@@ -76,6 +77,12 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
                             f"is for {old['prompt']!r}, now asked for {r['prompt']!r}); delete "
                             f"the folder or choose another --feedback_dir")
     n_read = len(labels)
+    if labeler == "judge" and samples and labels_path.exists() and not labels:
+        # no kill leaves this (the first write has rows): a person's file, emptied or not yet
+        # filled (--labeler human, the browser's undo); the judge does not overwrite it unasked
+        raise UserError(f"{labels_path} is empty while {samples_path.name} has {len(samples)} "
+                        f"images; delete it to have the judge label them, or label them in "
+                        f"your browser: python -m tiny_rlhf_t2i.label {folder}")
     if labeler == "judge":  # a kill between writing samples.jsonl and labels.jsonl
         labeled = {r["id"] for r in labels}
         labels += [_judge_label(r, r["judge_good"], r["judge_reason"], flip_rate)
@@ -83,22 +90,21 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
     if samples and (not labels_path.exists() or len(labels) > n_read):
         write_jsonl(labels_path, labels)  # the rows that were lost with the kill
     todo = [r for r in records if r["id"] not in done]
-    bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=f"sample {folder.name}",
-               dynamic_ncols=True)
-    for i in range(0, len(todo), chunk):
-        part = todo[i:i + chunk]
-        images = generate(model, part, num_inference_steps, guidance_scale)
-        for r, image in zip(part, images):
-            Image.fromarray(image).save(folder / r["image"])
-            good, reason = judge(image, r["prompt"])
-            sample_row = {**r, "judge_good": good, "judge_reason": reason}
-            samples.append(sample_row)
-            if labeler == "judge":
-                labels.append(_judge_label(r, good, reason, flip_rate))
-        write_jsonl(samples_path, samples)  # images first, then the rows that point at them
-        write_jsonl(labels_path, labels)
-        bar.update(len(part))
-    bar.close()
+    with tqdm(total=len(records), initial=len(records) - len(todo),  # closed on an error too:
+              desc=f"sample {folder.name}", dynamic_ncols=True) as bar:  # see train_loop.train
+        for i in range(0, len(todo), chunk):
+            part = todo[i:i + chunk]
+            images = generate(model, part, num_inference_steps, guidance_scale)
+            for r, image in zip(part, images):
+                Image.fromarray(image).save(folder / r["image"])
+                good, reason = judge(image, r["prompt"])
+                sample_row = {**r, "judge_good": good, "judge_reason": reason}
+                samples.append(sample_row)
+                if labeler == "judge":
+                    labels.append(_judge_label(r, good, reason, flip_rate))
+            write_jsonl(samples_path, samples)  # images first, then the rows that point at them
+            write_jsonl(labels_path, labels)
+            bar.update(len(part))
     return labels
 
 
@@ -122,23 +128,31 @@ def read_rows(path, made_by: str, check=None) -> list[dict]:
                         f"`{made_by}` again") from None
 
 
-def _check_label(row) -> str | None:
-    missing = [k for k in REQUIRED if k not in row]
-    if missing:
-        return f"missing {missing}"
-    if type(row["label"]) is not int or row["label"] not in (0, 1):  # json's true is not 1
-        return f"label must be 0 or 1, not {row['label']!r}"
-    return None
+def label_check(samples):
+    """The check of a labels.jsonl row (files.read_jsonl) in a folder whose samples.jsonl holds
+    the ids `samples`: its fields, a label of 0 or 1, and an image of samples.jsonl. A label of
+    any other image (a row added by hand, or left from another set) is refused, not trained on;
+    stages 1, 2 and 3 all read labels through it."""
+    def check(row) -> str | None:
+        missing = [k for k in REQUIRED if k not in row]
+        if missing:
+            return f"missing {missing}"
+        if type(row["label"]) is not int or row["label"] not in (0, 1):  # json's true is not 1
+            return f"label must be 0 or 1, not {row['label']!r}"
+        if row["id"] not in samples:
+            return f"id {row['id']!r} is not in the folder's samples.jsonl"
+        return None
+    return check
 
 
-def load_rows(folder, name: str, made_by: str) -> tuple[list[dict], np.ndarray]:
-    """The rows of folder/name (labels.jsonl: checked labels; samples.jsonl) and their images:
+def load_rows(folder, name: str, made_by: str, check=None) -> tuple[list[dict], np.ndarray]:
+    """The rows of folder/name (each passing `check`, see read_jsonl) and their images:
     (rows, (N, H, W, 3) uint8; (0, 0, 0, 3) for no rows, whose size nothing tells)."""
     folder = Path(folder)
     path = folder / name
     if not path.exists():
         raise UserError(f"{path} does not exist; run `{made_by}` first")
-    rows = read_rows(path, made_by, _check_label if name == "labels.jsonl" else None)
+    rows = read_rows(path, made_by, check)
     try:
         images = np.stack([np.asarray(Image.open(folder / r["image"]).convert("RGB"))
                            for r in rows]) if rows else np.zeros((0, 0, 0, 3), np.uint8)
@@ -149,8 +163,10 @@ def load_rows(folder, name: str, made_by: str) -> tuple[list[dict], np.ndarray]:
 
 
 def load_labeled(folder, made_by: str) -> tuple[list[dict], np.ndarray]:
-    """The labeled images of a feedback folder: (rows, (N, H, W, 3) uint8 images)."""
-    return load_rows(folder, "labels.jsonl", made_by)
+    """The labeled images of a feedback folder: (rows, (N, H, W, 3) uint8 images), checked as
+    load_feedback checks them (stage 2 reads them here, stage 3 there)."""
+    feedback = load_feedback(folder, made_by)
+    return feedback.rows, feedback.images
 
 
 @dataclasses.dataclass
@@ -179,15 +195,14 @@ def stack_images(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def load_feedback(folder: Path, made_by: str) -> Feedback:
-    """A labeled feedback folder: its label rows, their images, and the judge's verdict of each
-    image (from samples.jsonl)."""
-    rows, images = load_labeled(folder, made_by)
-    judged = {r["id"]: r["judge_good"]  # the rows only: their images are loaded above
+    """A labeled feedback folder: its label rows (each of an image in samples.jsonl:
+    label_check), their images, and the judge's verdict of each image (from samples.jsonl)."""
+    folder = Path(folder)
+    if not (folder / "labels.jsonl").exists():  # named first: the file asked for
+        raise UserError(f"{folder / 'labels.jsonl'} does not exist; run `{made_by}` first")
+    judged = {r["id"]: r["judge_good"]  # the rows only: load_rows loads the labeled images
               for r in read_rows(folder / "samples.jsonl", made_by)}
-    unknown = [r["id"] for r in rows if r["id"] not in judged]
-    if unknown:
-        raise UserError(f"{folder / 'labels.jsonl'} labels images that are not in "
-                        f"its samples.jsonl ({unknown[:3]}); run `{made_by}` again")
+    rows, images = load_rows(folder, "labels.jsonl", made_by, label_check(judged))
     return Feedback(rows, images, judged)
 
 

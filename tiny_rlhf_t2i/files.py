@@ -80,6 +80,20 @@ def load_checkpoint(path, made_by: str) -> dict:
                         f"`{made_by}` again") from None
 
 
+def load_weights(module, weights: dict, path, fix: str) -> None:
+    """module.load_state_dict(weights), the weights read from the checkpoint `path`. Weights of
+    another model size are the user's mistake, not a bug: torch's page of mismatched names and
+    shapes becomes one line naming the file, the first mismatch and `fix` (what to do)."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:  # torch lists one mismatch a line after its first line, e.g.
+        # "size mismatch for conv_in.weight: copying a param with shape ..."
+        if not str(e).startswith("Error(s) in loading state_dict"):
+            raise  # not a mismatch (out of memory, ...): a bug's traceback
+        first = str(e).splitlines()[1].split(":")[0].strip()
+        raise UserError(f"{path} was made with other model settings ({first}); {fix}") from None
+
+
 def check_writable(folder) -> Path:
     """Make the run folder and check that files can be written there, before any work is done
     (not after an hour of training); remove the temporary files of writes a kill interrupted.

@@ -29,10 +29,13 @@ def main(argv=None):
     parse(args.prompt), encode([args.prompt])  # a bad prompt fails here, before any work
     if args.n < 1 or args.steps < 1 or not args.guidance_scale >= 0:
         raise UserError("--n and --steps must be at least 1 and --guidance-scale >= 0")
+    out = Path(args.out)
+    blocker = next(p for p in (out, *out.parents) if p.exists())  # the nearest existing path
+    if not blocker.is_dir():  # found now, not after sampling
+        raise UserError(f"--out must be a folder, but {blocker} is a file")
     model, _ = load_model(args.ckpt)
     seeds = [args.seed + i for i in range(args.n)]
     images = to_uint8(sample(model, [args.prompt] * args.n, seeds, args.steps, args.guidance_scale))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = args.prompt.replace(" ", "_")[:80]  # a file name has a length limit
     goods = 0

@@ -20,9 +20,9 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, seeds
-from .config import ConfigError, check_range
+from .config import ConfigError, UserError, check_range
 from .diffusion import EMA, Scheduler
-from .files import load_checkpoint, save_checkpoint
+from .files import load_checkpoint, load_weights, save_checkpoint
 from .losses import anchor_loss, finetune_loss, weighted_mse
 from .text import NULL_IDS
 
@@ -169,8 +169,15 @@ def train(model, cfg: LoopConfig, make_batch: Callable[[int], Batch], ckpt_path,
     ckpt_path = Path(ckpt_path)
     if cfg.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, "the same command without --resume")
-        model.load_state_dict(state["model"])
-        ema.model.load_state_dict(state["ema"])
+        fix = (f"resume with the settings it was made with, or delete {ckpt_path.parent} or "
+               f"choose another --out_dir to start afresh")
+        made, now = state.get("model_config"), carry.get("model_config")
+        if made and now and made != now:  # also a change that keeps every shape (--heads)
+            changed = ", ".join(f"--{k} {made.get(k)}, not {now.get(k)}"
+                                for k in {**made, **now} if made.get(k) != now.get(k))
+            raise UserError(f"{ckpt_path} was made with other model settings ({changed}); {fix}")
+        load_weights(model, state["model"], ckpt_path, fix)
+        load_weights(ema.model, state["ema"], ckpt_path, fix)
         opt.load_state_dict(state["opt"])
         step, curve, running = state["step"], state["loss_curve"], state.get("running", [])
         print(f"resumed {ckpt_path} at step {step}")
@@ -189,33 +196,34 @@ def train(model, cfg: LoopConfig, make_batch: Callable[[int], Batch], ckpt_path,
 
     end = min(cfg.steps, cfg.stop_after or cfg.steps)
     last_ckpt = time.time()
-    bar = tqdm(total=cfg.steps, initial=step, desc=desc, dynamic_ncols=True,
-               disable=not distributed.is_main())
     model.train()
-    while step < end:
-        lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_frac)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        batch = make_batch(step)
-        with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
-            loss = step_loss(net, scheduler, batch, seeds.step_noise(cfg.seed, step), mse,
-                             anchor)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.update(model)
-        step += 1
-        pending.append(distributed.mean(loss.detach()))  # the whole batch's loss
-        if step % 50 == 0 or step == cfg.steps:  # one curve point per 50 steps, and the last
-            running.extend(torch.stack(pending).tolist())  # the one wait for the GPU
-            pending.clear()
-            curve.append((step, float(np.mean(running))))
-            bar.set_postfix(loss=f"{curve[-1][1]:.4f}", lr=f"{lr:.1e}")
-            running = []
-        bar.update(1)
-        if time.time() - last_ckpt > cfg.ckpt_every_s or step == end:
-            checkpoint()
-            last_ckpt = time.time()
-    bar.close()
+    # closed however the loop ends: a bar left open would glue an error line to its last
+    # draw and be drawn again below it at exit, so the error would not be the last line
+    with tqdm(total=cfg.steps, initial=step, desc=desc, dynamic_ncols=True,
+              disable=not distributed.is_main()) as bar:
+        while step < end:
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_frac)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batch = make_batch(step)
+            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
+                loss = step_loss(net, scheduler, batch, seeds.step_noise(cfg.seed, step), mse,
+                                 anchor)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            ema.update(model)
+            step += 1
+            pending.append(distributed.mean(loss.detach()))  # the whole batch's loss
+            if step % 50 == 0 or step == cfg.steps:  # one curve point per 50 steps, and the last
+                running.extend(torch.stack(pending).tolist())  # the one wait for the GPU
+                pending.clear()
+                curve.append((step, float(np.mean(running))))
+                bar.set_postfix(loss=f"{curve[-1][1]:.4f}", lr=f"{lr:.1e}")
+                running = []
+            bar.update(1)
+            if time.time() - last_ckpt > cfg.ckpt_every_s or step == end:
+                checkpoint()
+                last_ckpt = time.time()
     return ema.model.eval(), curve, step >= cfg.steps

@@ -148,12 +148,13 @@ def load_model(path, made_by: str = "python train_unet.py",
                weights: str = "ema") -> tuple[TextToImage, dict]:
     """A trained model from a checkpoint (its EMA weights by default) and the stage-0 config it
     carries (stage 3 reads its web corpus from it), with a one-line error naming the command
-    that makes the file when it is missing, corrupt or of another kind."""
-    from .files import load_checkpoint
+    that makes the file when it is missing, corrupt, of another kind, or holds weights of
+    another size than its model_config says."""
+    from .files import load_checkpoint, load_weights
     state = load_checkpoint(path, made_by)
     if "model_config" not in state:
         raise UserError(f"{path} is not a text-to-image checkpoint (a ckpt.pt of "
                         f"train_unet.py or finetune.py); run `{made_by}` to make one")
     model = TextToImage(ModelConfig(**state["model_config"]))
-    model.load_state_dict(state[weights])
+    load_weights(model, state[weights], path, f"run `{made_by}` to make it again")
     return model.eval(), state["config"]
