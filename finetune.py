@@ -331,6 +331,16 @@ def best_of_n(pretrained, reward, records: list[dict], first: np.ndarray,
     return np.stack([cands[k][i] for i, k in enumerate(logits.argmax(0).tolist())])
 
 
+def round1_d_model(cfg: FinetuneConfig, inputs: Inputs, device) -> DModel | None:
+    """The paper's D_model: stage 1's labels + unlabeled samples of the pretrained model (rank 0
+    samples them once, resumable), every image scored by r. None when only the control runs."""
+    if not any(RUNS[name].weights for name in cfg.runs.split(",")):
+        return None
+    records = feedback_records("seen", cfg.unlabeled_per_category, cfg.seed + seeds.UNLABELED)
+    sample_round(inputs.pretrained, Path(cfg.feedback_dir), records, 0, 0.0, cfg)
+    return load_d_model(inputs.stage1, Path(cfg.feedback_dir) / "unlabeled", inputs.reward, device)
+
+
 def main(argv=None):
     cfg = parse_config(FinetuneConfig, PRESETS, argv)
     distributed.setup()
@@ -341,47 +351,35 @@ def main(argv=None):
     inputs = load_inputs(cfg, device)
     clock.lap("loading")
 
-    # ---- The pretrained model's evaluation (rank 0 alone evaluates).
+    # ---- The pretrained model's evaluation: rank 0 alone evaluates (and writes).
     evaluator = before = None
     if distributed.is_main():
-        evaluator = Evaluator(cfg.eval_samples_per_prompt, cfg.num_inference_steps,
-                              cfg.guidance_scale, inputs.pretrained.cfg.resolution, inputs.reward,
-                              fd_cache=Path(cfg.out_dir).parent / "fd",
-                              fd_net_steps=cfg.fd_net_steps, val=cfg.evaluation == "val")
+        evaluator = Evaluator.for_config(cfg, inputs.pretrained.cfg.resolution, inputs.reward)
         before = evaluator.model(inputs.pretrained, "pretrained", out / "pretrained_eval.json",
                                  reuse=cfg.resume)
         clock.lap("evaluation")
 
-    # ---- Round 1's D_model: stage 1's labels + unlabeled samples of the pretrained model,
-    # scored by r (the paper's), then each run's rounds.
-    d_model = None  # the control alone needs none
-    if any(RUNS[name].weights for name in cfg.runs.split(",")):
-        records = feedback_records("seen", cfg.unlabeled_per_category, cfg.seed + seeds.UNLABELED)
-        sample_round(inputs.pretrained, Path(cfg.feedback_dir), records, 0, 0.0, cfg)
-        d_model = load_d_model(inputs.stage1, Path(cfg.feedback_dir) / "unlabeled",
-                               inputs.reward, device)
+    # ---- Round 1's D_model, then every run's rounds of Eq. 2, each round evaluated.
+    d_model = round1_d_model(cfg, inputs, device)
     clock.lap("D_model samples, labels, rewards")
+    runs = {name: (RUNS[name], RUNS[name].config(cfg)) for name in cfg.runs.split(",")}
     results = {}
-    for name in cfg.runs.split(","):
+    for name in runs:
         results[name] = run_rounds(name, inputs, d_model, cfg, device, mse, evaluator, clock)
         if results[name] is None:
             print(f"stopped by --stop_after in run {name}; the same command with --resume true "
                   f"goes on from there")
             return
-    if evaluator is None:
-        return
 
     # ---- The best-of-n baseline, then the report: tables, win rates, grids, plots.
-    baselines = {}
-    if cfg.best_of_n > 1:
-        baselines[f"best_of_{cfg.best_of_n}"] = evaluator.images(best_of_n(
-            inputs.pretrained, inputs.reward, evaluator.records, before[2], cfg))
-        clock.lap("best-of-n")
-    n_labels = {name: len(inputs.stage1.rows) + (RUNS[name].config(cfg).rounds - 1)
-                * cfg.labels_per_round for name in results if RUNS[name].weights == "reward"}
-    report.write(out, cfg, {name: RUNS[name].config(cfg) for name in results},
-                 {name: RUNS[name].weights for name in results}, inputs.pretrained, before,
-                 results, baselines, n_labels, clock, t0)
+    if evaluator is not None:
+        baselines = {}
+        if cfg.best_of_n > 1:
+            baselines[f"best_of_{cfg.best_of_n}"] = evaluator.images(best_of_n(
+                inputs.pretrained, inputs.reward, evaluator.records, before[2], cfg))
+            clock.lap("best-of-n")
+        report.write(out, cfg, runs, len(inputs.stage1.rows), inputs.pretrained, before, results,
+                     baselines, clock, t0)
 
 
 if __name__ == "__main__":

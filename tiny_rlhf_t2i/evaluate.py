@@ -192,6 +192,14 @@ class Evaluator:
         self.fnet = feature_net(resolution, cache_dir=fd_cache, steps=fd_net_steps)
         self.ref_feats = features(self.fnet, clean_references(self.records, resolution))
 
+    @classmethod
+    def for_config(cls, cfg, resolution: int, reward):
+        """Stage 3's evaluator from its config (finetune.FinetuneConfig); the FD ruler is cached
+        beside the run folder."""
+        return cls(cfg.eval_samples_per_prompt, cfg.num_inference_steps, cfg.guidance_scale,
+                   resolution, reward, fd_cache=Path(cfg.out_dir).parent / "fd",
+                   fd_net_steps=cfg.fd_net_steps, val=cfg.evaluation == "val")
+
     def images(self, images: np.ndarray) -> tuple[dict, list[bool]]:
         """(metrics, goods) of one image per evaluation record."""
         m, goods, reasons = score(images, self.records)

@@ -20,11 +20,16 @@ def curve_point(m: dict) -> dict:
             "shape_fit": m["shape_fit"]["mean"], "count_breakdown": m["count_breakdown"]}
 
 
-def write(out, cfg, run_cfgs: dict, weights: dict, pretrained, before, results: dict,
-          baselines: dict, n_labels: dict, clock, t0: float) -> None:
-    """Everything a person reads after stage 3. before: the pretrained model's (metrics, goods,
+def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict,
+          baselines: dict, clock, t0: float) -> None:
+    """Everything a person reads after stage 3. runs: {name: (finetune.Run, its resolved
+    config)}; n_stage1: stage 1's labels; before: the pretrained model's (metrics, goods,
     images); results: {run: (model, [(metrics, goods, images) per round])}; baselines: {name:
-    (metrics, goods)}; run_cfgs / weights: each run's resolved config and D_model weights."""
+    (metrics, goods)}."""
+    run_cfgs = {name: c for name, (_, c) in runs.items()}
+    weights = {name: run.weights for name, (run, _) in runs.items()}
+    n_labels = {name: n_stage1 + (c.rounds - 1) * c.labels_per_round  # every label a run saw
+                for name, c in run_cfgs.items() if weights[name] == "reward"}
     metrics = {"pretrained": before[0], **{n: evals[-1][0] for n, (_, evals) in results.items()},
                **{n: m for n, (m, _) in baselines.items()}}
     goods = {"pretrained": before[1], **{n: evals[-1][1] for n, (_, evals) in results.items()},
