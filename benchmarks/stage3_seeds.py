@@ -131,20 +131,55 @@ def table(root: Path) -> dict:
     return per_seed
 
 
+def _agg(values, digits: int = 1) -> str:
+    v = np.asarray(values, float)
+    one = f"{{:.{digits}f}}"
+    return (f"{one.format(v.mean())} [{one.format(v.min())}, {one.format(v.max())}]"
+            if len(v) > 1 else one.format(v[0]))
+
+
+def headline(per_seed: dict) -> str:
+    """The README's stage-3 table: each arm's last round, mean [min, max] over the seeds."""
+    final = lambda r: r["rounds"][-1]  # noqa: E731
+    arms = [a for a in ARMS if all(a in rows for rows in per_seed.values())]
+    pre = [rows["pretrained"] for rows in per_seed.values()]
+    cols = {a: [final(rows[a]) for rows in per_seed.values()] for a in arms}
+    lines = ["| group | pretrained | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
+    for key, label in (("overall", "overall"), ("count", "count"),
+                       ("combination", "combination"), ("seen", "seen"), ("unseen", "unseen"),
+                       ("well_formed", "well-formed")):
+        lines.append(f"| {label} | {_agg([p[key] for p in pre])} | "
+                     + " | ".join(_agg([r[key] for r in cols[a]]) for a in arms) + " |")
+    lines.append(f"| shape fit | {_agg([p['shape_fit'] for p in pre], 3)} | "
+                 + " | ".join(_agg([r["shape_fit"] for r in cols[a]], 3) for a in arms) + " |")
+    for key, label in (("fd", "FD"), ("diversity", "diversity")):
+        lines.append(f"| {label}, x pretrained's {_agg([p[key] for p in pre])} | 1 | "
+                     + " | ".join(_agg([r[key] / p[key] for r, p in zip(cols[a], pre)], 2)
+                                  for a in arms) + " |")
+    lines.append("| wins : losses vs pretrained | - | " + " | ".join(
+        _agg([r["wins"] / max(r["losses"], 1e-9) for r in cols[a]]) for a in arms) + " |")
+    if "control" in cols:
+        ctrl = cols["control"]
+        lines.append("| count vs control | - | " + " | ".join(
+            "-" if a == "control" else _agg([r["count"] - c["count"]
+                                             for r, c in zip(cols[a], ctrl)]) for a in arms)
+                     + " |")
+    return "\n".join(lines)
+
+
 def report(per_seed: dict) -> str:
     names = sorted({n for rows in per_seed.values() for n in rows},
                    key=lambda n: (n != "pretrained", n not in ARMS, list(ARMS).index(n)
                                   if n in ARMS else 0))
     keys = (*GROUPS, "well_formed", "fd", "shape_fit", "reward")
-    lines = [f"Seeds: {', '.join(per_seed)}. Mean [min, max] over the seeds an arm ran at; "
+    lines = [headline(per_seed), "",
+             f"Seeds: {', '.join(per_seed)}. Mean [min, max] over the seeds an arm ran at; "
              "delta columns are per seed, against that seed's pretrained model / control.", "",
              "| arm | seeds | " + " | ".join(keys) + " | d count vs pre | d count vs control "
              "| d seen vs pre | d unseen vs pre | d well-formed | FD ratio | win:loss vs pre |",
              "|---|---|" + "---|" * (len(keys) + 7)]
 
-    def agg(values):
-        v = np.asarray(values, float)
-        return f"{v.mean():.1f} [{v.min():.1f}, {v.max():.1f}]" if len(v) > 1 else f"{v[0]:.1f}"
+    agg = _agg
     final = lambda r: r if "rounds" not in r else r["rounds"][-1]  # noqa: E731
     for name in names:
         seeds = [s for s in per_seed if name in per_seed[s]]

@@ -42,6 +42,7 @@ def test_stage3_seeds_launches_arms_and_writes_what_the_table_prints(smoke_run, 
     stage3_seeds.main(["table", str(root), "--out", str(tmp_path / "t.json")])
     out = capsys.readouterr().out
     assert "| feedback | 1 |" in out and "| control | 1 |" in out and "- feedback (s0): " in out
+    assert "| group | pretrained | feedback | control |" in out  # the README's table
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["command"].startswith("python benchmarks/stage3_seeds.py launch")
     assert saved["commit"] and saved["machine"]
