@@ -255,11 +255,11 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, help="write the table's numbers as JSON here")
     args = parser.parse_args(argv)
     if args.what == "launch":
-        t0 = time.time()
+        t0, where = time.time(), machine()  # the code the arms run: the commit at the start
         launch(args.root, [int(s) for s in args.seeds.split(",")], extra, args.labeled, args.fd,
                args.timeout, args.arms.split(","))
         (args.root / "launch.json").write_text(json.dumps(
-            {"command": command, **machine(), "minutes": round((time.time() - t0) / 60, 1)}))
+            {"command": command, **where, "minutes": round((time.time() - t0) / 60, 1)}))
         return
     per_seed = table(args.root)
     print(report(per_seed))
