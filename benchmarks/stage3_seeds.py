@@ -144,7 +144,10 @@ def headline(per_seed: dict) -> str:
     arms = [a for a in ARMS if all(a in rows for rows in per_seed.values())]
     pre = [rows["pretrained"] for rows in per_seed.values()]
     cols = {a: [final(rows[a]) for rows in per_seed.values()] for a in arms}
-    lines = ["| group | pretrained | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
+    names = [a if all(rows[a]["finished"] for rows in per_seed.values()) else
+             f"{a} (stopped after round {min(len(rows[a]['rounds']) for rows in per_seed.values())})"
+             for a in arms]
+    lines = ["| group | pretrained | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(arms)]
     for key, label in (("overall", "overall"), ("count", "count"),
                        ("combination", "combination"), ("seen", "seen"), ("unseen", "unseen"),
                        ("well_formed", "well-formed")):
