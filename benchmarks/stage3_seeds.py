@@ -4,7 +4,7 @@
     python benchmarks/stage3_seeds.py table runs/s3 --out benchmarks/results/stage3_seeds.json
 
 `launch` first prepares each seed once (ROOT/sS/prep: the pretrained model's evaluation and
-round 1's unlabeled samples in ROOT/sS/feedback, next to a link to stage 1's labeled set), then
+round 1's unlabeled samples in ROOT/sS/d_model, next to a link to stage 1's labeled set), then
 runs every arm of --arms at every seed as its own `finetune.py` process (ROOT/sS/ARM), all at
 once with one CPU thread each; the arms of a seed share its round-1 samples, FD ruler and
 pretrained evaluation, and run at the committed defaults plus the arguments after `--` (e.g.
@@ -31,10 +31,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout
-import finetune  # noqa: E402
-
-ARMS = tuple(finetune.RUNS)  # an arm is a run of finetune.py (its RUNS table)
+FIRST = ("feedback", "control", "gold", "paper")  # an arm is a run of finetune.py (its RUNS)
+NOT_ARMS = ("prep", "fd", "d_model")  # a seed folder's shared parts
 GROUPS = ("overall", "seen", "unseen", "count", "color", "background", "combination")
 
 
@@ -59,13 +57,13 @@ def launch(root: Path, seeds: list[int], extra: list[str], labeled: Path, fd: Pa
     preps = []
     for seed in seeds:  # once per seed: the pretrained evaluation and round 1's samples
         s = root / f"s{seed}"
-        (s / "feedback").mkdir(parents=True, exist_ok=True)
-        if not (s / "feedback" / "train").exists():
-            (s / "feedback" / "train").symlink_to(labeled.resolve())
+        (s / "d_model").mkdir(parents=True, exist_ok=True)
+        if not (s / "d_model" / "train").exists():
+            (s / "d_model" / "train").symlink_to(labeled.resolve())
         if fd.exists() and not (s / "fd").exists():
             shutil.copytree(fd, s / "fd")  # the FD ruler, cached: the same for every arm
         cmd = [*script, "--runs", "feedback", "--stop_after", "1", "--seed", str(seed),
-               "--out_dir", str(s / "prep"), "--feedback_dir", str(s / "feedback"), *extra]
+               "--out_dir", str(s / "prep"), "--feedback_dir", str(s / "d_model"), *extra]
         preps.append((s / "prep", time.time(), _start(cmd, s / "prep.log")))
     _wait(preps, timeout)
     procs = []
@@ -75,7 +73,7 @@ def launch(root: Path, seeds: list[int], extra: list[str], labeled: Path, fd: Pa
             (s / name).mkdir(exist_ok=True)
             shutil.copy(s / "prep" / "pretrained_eval.json", s / name)  # read back by --resume
             cmd = [*script, "--runs", name, "--seed", str(seed), "--resume", "true",
-                   "--out_dir", str(s / name), "--feedback_dir", str(s / "feedback"), *extra]
+                   "--out_dir", str(s / name), "--feedback_dir", str(s / "d_model"), *extra]
             procs.append((s / name, time.time(), _start(cmd, s / f"{name}.log")))
     print(f"{len(procs)} arms started")
     _wait(procs, timeout)
@@ -89,6 +87,12 @@ def read_arm(ft: Path) -> dict | None:
         return None
     return {"pretrained": json.loads(pre.read_text()), "finished": (ft / "metrics.json").exists(),
             "rounds": [json.loads(p.read_text()) for p in rounds]}
+
+
+def order(path_or_name) -> tuple:
+    """Arms in the order of FIRST, then by name."""
+    name = getattr(path_or_name, "name", path_or_name)
+    return (FIRST.index(name) if name in FIRST else len(FIRST), name)
 
 
 def wins(new: list, old: list) -> tuple[float, float]:
@@ -110,7 +114,8 @@ def table(root: Path) -> dict:
     the arms beside a control, against the control's same round."""
     per_seed = {}
     for seed_dir in sorted(root.glob("s*")):
-        arms = {a.name: read_arm(a) for a in sorted(seed_dir.iterdir()) if a.name in ARMS}
+        arms = {a.name: read_arm(a) for a in sorted(seed_dir.iterdir(), key=order)
+                if a.is_dir() and a.name not in NOT_ARMS}
         arms = {k: v for k, v in arms.items() if v is not None}
         if not arms:
             continue
@@ -141,7 +146,8 @@ def _agg(values, digits: int = 1) -> str:
 def headline(per_seed: dict) -> str:
     """The README's stage-3 table: each arm's last round, mean [min, max] over the seeds."""
     final = lambda r: r["rounds"][-1]  # noqa: E731
-    arms = [a for a in ARMS if all(a in rows for rows in per_seed.values())]
+    arms = sorted({a for rows in per_seed.values() for a in rows if a != "pretrained"
+                   and all(a in r for r in per_seed.values())}, key=order)
     pre = [rows["pretrained"] for rows in per_seed.values()]
     cols = {a: [final(rows[a]) for rows in per_seed.values()] for a in arms}
     names = [a if all(rows[a]["finished"] for rows in per_seed.values()) else
@@ -171,9 +177,8 @@ def headline(per_seed: dict) -> str:
 
 
 def report(per_seed: dict) -> str:
-    names = sorted({n for rows in per_seed.values() for n in rows},
-                   key=lambda n: (n != "pretrained", n not in ARMS, list(ARMS).index(n)
-                                  if n in ARMS else 0))
+    names = ["pretrained"] + sorted({n for rows in per_seed.values() for n in rows} - {"pretrained"},
+                                    key=order)
     keys = (*GROUPS, "well_formed", "fd", "shape_fit", "reward")
     lines = [headline(per_seed), "",
              f"Seeds: {', '.join(per_seed)}. Mean [min, max] over the seeds an arm ran at; "
@@ -251,7 +256,7 @@ def main(argv=None):
     parser.add_argument("what", choices=("launch", "table"))
     parser.add_argument("root", type=Path)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--arms", default="feedback,control", help=f"runs of {', '.join(ARMS)}")
+    parser.add_argument("--arms", default="feedback,control", help="runs of finetune.py's RUNS")
     parser.add_argument("--labeled", type=Path, default=Path("data/feedback/train"))
     parser.add_argument("--fd", type=Path, default=Path("runs/fd"))
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per arm")
