@@ -70,9 +70,11 @@ def alignment(goods: list[bool], records: list[dict]) -> dict:
     return {name: proportion_ci(int(goods[m].sum()), int(m.sum())) for name, m in groups.items()}
 
 
-def score(images: np.ndarray, records: list[dict]) -> tuple[dict, list[bool], list[str]]:
-    """Judge every image against its prompt: (metrics, goods, reasons)."""
-    analyses = [analyze(im) for im in images]  # each image analyzed once, for both verdicts
+def score(images: np.ndarray, records: list[dict],
+          analyses: list[dict] | None = None) -> tuple[dict, list[bool], list[str]]:
+    """Judge every image against its prompt: (metrics, goods, reasons). analyses: the images'
+    judge.analyze, if the caller has them (Evaluator measures shape fit on them too)."""
+    analyses = analyses or [analyze(im) for im in images]  # once, for both verdicts
     verdicts = [verdict(a, r["prompt"]) for a, r in zip(analyses, records)]
     goods = [g for g, _ in verdicts]
     wf = [a["well_formed"] for a in analyses]
@@ -202,10 +204,11 @@ class Evaluator:
 
     def images(self, images: np.ndarray) -> tuple[dict, list[bool]]:
         """(metrics, goods) of one image per evaluation record."""
-        m, goods, reasons = score(images, self.records)
+        analyses = [analyze(im) for im in images]  # once, for the verdicts and the shape fit
+        m, goods, reasons = score(images, self.records, analyses)
         f = features(self.fnet, images)
         m["fd"], m["diversity"] = frechet_distance(f, self.ref_feats), diversity(f, self.records)
-        m["shape_fit"] = shape_fit_summary(images)  # exactly 1 on clean renders
+        m["shape_fit"] = shape_fit_summary(analyses)  # exactly 1 on clean renders
         m["reward"] = float(self.reward.score(images, [r["prompt"] for r in self.records]).mean())
         m["count_breakdown"] = count_breakdown(self.records, goods, reasons)
         return m, goods

@@ -109,7 +109,8 @@ def _area_bounds(side: int) -> tuple[float, float]:
 
 
 def analyze(image: np.ndarray) -> dict:
-    """Everything the judge sees in an image: background, clean shapes, malformed blobs."""
+    """Everything the judge sees in an image: background, clean shapes, malformed blobs, and
+    the (y, x) pixels of every blob beyond a speck (what fidelity.shape_fit measures)."""
     q = quantize(image)
     side = image.shape[0]
     counts = np.bincount(q[q >= 0].ravel(), minlength=len(PALETTE_NAMES))
@@ -146,7 +147,8 @@ def analyze(image: np.ndarray) -> dict:
     # color.
     clean_bg = background in BACKGROUNDS
     return {"background": background, "clean_background": clean_bg, "shapes": shapes,
-            "malformed": malformed, "well_formed": clean_bg and not malformed and len(shapes) > 0}
+            "malformed": malformed, "well_formed": clean_bg and not malformed and len(shapes) > 0,
+            "side": side, "blobs": [pixels for pixels in blobs if len(pixels) > speck]}
 
 
 def _describe(shapes: list[tuple[str, str]]) -> str:
