@@ -50,10 +50,9 @@ def eval_records(samples_per_prompt: int, val: bool = False) -> list[dict]:
 def generate(model, records: list[dict], num_inference_steps: int, guidance_scale: float,
              batch_size: int = 128) -> np.ndarray:
     """Sample one image per record: (N, H, W, 3) uint8."""
-    images = sample(model, [r["prompt"] for r in records], [r["seed"] for r in records],
-                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                    batch_size=batch_size)
-    return to_uint8(images)
+    return to_uint8(sample(model, [r["prompt"] for r in records], [r["seed"] for r in records],
+                           num_inference_steps=num_inference_steps,
+                           guidance_scale=guidance_scale, batch_size=batch_size))
 
 
 def alignment(goods: list[bool], records: list[dict]) -> dict:
@@ -138,7 +137,6 @@ GRID_PROMPTS = ["a red circle", "a square on a gray background", "two triangles"
                 "three diamonds"]  # fixed prompts of every stage's sample grid (last two unseen)
 
 
-
 # ----------------------------------------------------------------- scoring a scorer (stage 2)
 def pairwise_accuracy(scores, labels, prompts) -> float:
     """For two images of the same prompt whose gold labels differ, how often the scorer ranks
@@ -162,10 +160,9 @@ def roc_auc(scores, labels) -> float:
     good, bad = scores[labels == 1], scores[labels == 0]
     if not len(good) or not len(bad):
         return float("nan")
-    order = np.argsort(np.concatenate([good, bad]), kind="mergesort")
-    ranks = np.empty(len(order))
-    ranks[order] = np.arange(1, len(order) + 1)
     allv = np.concatenate([good, bad])
+    ranks = np.empty(len(allv))
+    ranks[np.argsort(allv, kind="mergesort")] = np.arange(1, len(allv) + 1)
     for v in np.unique(allv):  # average ranks of ties
         ranks[allv == v] = ranks[allv == v].mean()
     u = ranks[: len(good)].sum() - len(good) * (len(good) + 1) / 2  # Mann-Whitney U

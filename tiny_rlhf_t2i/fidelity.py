@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .diffusion import to_model_space
 from .files import load_checkpoint, save_checkpoint
 from .scenes import render, sample_scene, shape_mask
-from .world import BACKGROUNDS, COLORS, MAX_COUNT, SHAPES, Spec
+from .world import BACKGROUNDS, COLORS, MAX_COUNT, SHAPES, Spec, parse
 
 FEATURES = 64  # feature dimension
 
@@ -85,24 +85,19 @@ def features(net: FeatureNet, images_uint8) -> np.ndarray:
     return torch.cat(out).double().numpy()
 
 
-def _sqrtm_psd(c: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh(c)
-    return (v * np.sqrt(w.clip(min=0))) @ v.T
-
-
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to feature sets a (N, D) and b (M, D).
     tr((C_a C_b)^(1/2)) = tr((C_a^(1/2) C_b C_a^(1/2))^(1/2)), which is symmetric PSD."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    sa = _sqrtm_psd(ca)
+    w, v = np.linalg.eigh(ca)
+    sa = (v * np.sqrt(w.clip(min=0))) @ v.T  # C_a^(1/2)
     cross = np.sqrt(np.linalg.eigvalsh(sa @ cb @ sa).clip(min=0)).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * cross)
 
 
 def clean_references(records: list[dict], resolution: int) -> np.ndarray:
     """A clean render of each evaluation record's prompt (scene drawn with the record's seed)."""
-    from .world import parse
     return np.stack([render(sample_scene(parse(r["prompt"]), np.random.default_rng(r["seed"])),
                             resolution) for r in records])
 
@@ -153,8 +148,7 @@ def shape_fit_summary(analyses: list[dict]) -> dict:
     median over all blobs, and the fraction of blobs that are exact clean shapes (IoU 1)."""
     fits = np.array([f for a in analyses for f in shape_fit(a)])
     if not len(fits):
-        return {"mean": float("nan"), "p10": float("nan"), "median": float("nan"),
-                "exact": float("nan"), "blobs": 0}
+        return {**dict.fromkeys(("mean", "p10", "median", "exact"), float("nan")), "blobs": 0}
     return {"mean": float(fits.mean()), "p10": float(np.percentile(fits, 10)),
             "median": float(np.median(fits)), "exact": float((fits >= 1.0).mean()),
             "blobs": int(len(fits))}

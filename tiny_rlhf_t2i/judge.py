@@ -154,9 +154,7 @@ def analyze(image: np.ndarray) -> dict:
 def _describe(shapes: list[tuple[str, str]]) -> str:
     if not shapes:
         return "no shapes"
-    groups = {}
-    for s in shapes:
-        groups[s] = groups.get(s, 0) + 1
+    groups = {s: shapes.count(s) for s in shapes}  # (color, shape) -> how many, in found order
     return " and ".join(f"{n} {c} {PLURAL[s] if n > 1 else s}" for (c, s), n in
                         sorted(groups.items(), key=lambda kv: -kv[1]))
 

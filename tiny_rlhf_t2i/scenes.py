@@ -40,10 +40,7 @@ def sample_scene(spec: Spec, rng: np.random.Generator) -> Scene:
     """Fill the spec's free attributes at random and place the objects without overlap."""
     validate(spec)
     count = spec.count or int(rng.integers(1, MAX_COUNT + 1))
-    if spec.color is None:
-        color = str(rng.choice([c for c in COLORS if c != spec.background]))
-    else:
-        color = spec.color
+    color = spec.color or str(rng.choice([c for c in COLORS if c != spec.background]))
     background = spec.background or str(rng.choice([b for b in BACKGROUNDS if b != color]))
     lo, hi = RADIUS["few" if count <= 2 else "many"]
     radii = rng.uniform(lo, hi, size=count)

@@ -177,11 +177,8 @@ def perturb(spec: Spec, attribute: str, rng: np.random.Generator) -> Spec:
         raise PromptError(f"the prompt does not name its {attribute}, so it cannot be changed")
     values = {"shape": SHAPES, "count": tuple(range(1, MAX_COUNT + 1)), "color": tuple(COLORS),
               "background": tuple(BACKGROUNDS)}[attribute]
-    options = [v for v in values if v != current]
-    if attribute == "color":
-        options = [v for v in options if v != spec.background]
-    if attribute == "background":
-        options = [v for v in options if v != spec.color]
+    clash = {"color": spec.background, "background": spec.color}.get(attribute)  # invisible
+    options = [v for v in values if v not in (current, clash)]
     return dataclasses.replace(spec, **{attribute: options[int(rng.integers(len(options)))]})
 
 
