@@ -64,8 +64,7 @@ def alignment(goods: list[bool], records: list[dict]) -> dict:
             groups[v] = np.array([r[key] == v for r in records])
     for split in ("seen", "unseen"):  # e.g. "seen/count": the category table of one split
         for c in CATEGORIES:
-            groups[f"{split}/{c}"] = np.array([r["split"] == split and r["category"] == c
-                                               for r in records])
+            groups[f"{split}/{c}"] = groups[split] & groups[c]
     return {name: proportion_ci(int(goods[m].sum()), int(m.sum())) for name, m in groups.items()}
 
 
@@ -76,9 +75,8 @@ def score(images: np.ndarray, records: list[dict],
     analyses = analyses or [analyze(im) for im in images]  # once, for both verdicts
     verdicts = [verdict(a, r["prompt"]) for a, r in zip(analyses, records)]
     goods = [g for g, _ in verdicts]
-    wf = [a["well_formed"] for a in analyses]
     metrics = {"alignment": alignment(goods, records),
-               "well_formed": proportion_ci(sum(wf), len(wf))}
+               "well_formed": proportion_ci(sum(a["well_formed"] for a in analyses), len(analyses))}
     return metrics, goods, [r for _, r in verdicts]
 
 
