@@ -38,13 +38,10 @@ def eval_records(samples_per_prompt: int, val: bool = False) -> list[dict]:
     """The evaluation records: prompt, category, split and the seed of each sample. val: the
     same prompts with other seeds (seeds.eval_seed), to choose settings on without touching
     the reported (test) samples."""
-    records = []
-    for split in ("seen", "unseen"):
-        for i, spec in enumerate(load_eval_prompts(split)):
-            for k in range(samples_per_prompt):
-                records.append({"prompt": to_prompt(spec), "category": spec.category,
-                                "split": split, "seed": seeds.eval_seed(split, i, k, val)})
-    return records
+    return [{"prompt": to_prompt(spec), "category": spec.category, "split": split,
+             "seed": seeds.eval_seed(split, i, k, val)}
+            for split in ("seen", "unseen") for i, spec in enumerate(load_eval_prompts(split))
+            for k in range(samples_per_prompt)]
 
 
 def generate(model, records: list[dict], num_inference_steps: int, guidance_scale: float,

@@ -116,13 +116,12 @@ def diversity(feats: np.ndarray, records: list[dict]) -> float:
 
 
 def shape_fit(a: dict) -> list[float]:
-    """For each blob of an image's analysis a = judge.analyze(image) (8-connected pixels that
-    are not the most common color, the background; specks skipped), the best
-    intersection-over-union with a clean shape: any of the four shapes, centered on a pixel
-    center within 2 px of the blob's centroid, with a radius of k + 1/2 px (the renderer's grid,
-    scenes.on_grid) whose area is near the blob's. A clean render scores exactly 1 per object;
-    a soft, broken or in-between shape less. Two shapes merged into one blob score low, as they
-    should."""
+    """For each blob of an image's analysis a = judge.analyze(image) (8-connected pixels that are
+    not the most common color, the background; specks skipped), the best intersection-over-union
+    with a clean shape: any of the four shapes, centered on a pixel center within 2 px of the
+    blob's centroid, with a radius of k + 1/2 px (the renderer's grid, scenes.on_grid) whose area
+    is near the blob's. A clean render scores exactly 1 per object; a soft, broken or in-between
+    shape less. Two shapes merged into one blob score low, as they should."""
     side = a["side"]
     ys, xs = np.mgrid[0:side, 0:side] + 0.5  # pixel centers
     fits = []

@@ -102,12 +102,6 @@ def classify_silhouette(pixels: np.ndarray) -> str | None:
     return None
 
 
-def _area_bounds(side: int) -> tuple[float, float]:
-    """Pixel area of one object at this resolution: the smallest triangle to the largest circle
-    the world draws, with slack for soft edges. Two touching objects exceed the upper bound."""
-    return 1.6 * (0.16 * side) ** 2 * 0.85, 3.3 * (0.24 * side) ** 2 * 1.15
-
-
 def analyze(image: np.ndarray) -> dict:
     """Everything the judge sees in an image: background, clean shapes, malformed blobs, and
     the (y, x) pixels of every blob beyond a speck (what fidelity.shape_fit measures)."""
@@ -117,7 +111,9 @@ def analyze(image: np.ndarray) -> dict:
     background = PALETTE_NAMES[counts.argmax()] if counts.any() else None
     bg_idx = PALETTE_NAMES.index(background) if background else -2
     speck = SPECK_AREA * (side / 16) ** 2
-    lo, hi = _area_bounds(side)
+    # Pixel area of one object: the smallest triangle to the largest circle the world draws,
+    # with slack for soft edges. Two touching objects exceed the upper bound.
+    lo, hi = 1.6 * (0.16 * side) ** 2 * 0.85, 3.3 * (0.24 * side) ** 2 * 1.15
     foreground = q != bg_idx  # (H, W) every pixel that is not the background
     blobs = connected_components(foreground)
     blob_of = np.empty(q.shape, int)  # (H, W) the blob of each non-background pixel
@@ -142,9 +138,8 @@ def analyze(image: np.ndarray) -> dict:
             shapes.append((dominant, shape))
         else:
             malformed.append(len(pixels))
-    # Every pixel that is not the background belongs to a blob, so a smear on the background is
-    # a malformed blob (or an ignored speck): the background is clean when it is a background
-    # color.
+    # Every pixel that is not the background belongs to a blob, so a smear on the background is a
+    # malformed blob (or an ignored speck): the background is clean when it is a background color.
     clean_bg = background in BACKGROUNDS
     return {"background": background, "clean_background": clean_bg, "shapes": shapes,
             "malformed": malformed, "well_formed": clean_bg and not malformed and len(shapes) > 0,
