@@ -176,15 +176,11 @@ def verdict(a: dict, prompt: str | Spec) -> tuple[bool, str]:
     reason = f"asked for {_asked(spec)}, {found}"
     if not a["clean_background"]:
         return False, reason + " (background not clean)"
-    if spec.background and a["background"] != spec.background:
-        return False, reason
-    if a["malformed"]:
-        return False, reason
     wanted = [s for s in a["shapes"] if s[1] == spec.shape and spec.color in (None, s[0])]
-    if len(wanted) != len(a["shapes"]):  # an extra object of another kind
+    wrong_background = spec.background and a["background"] != spec.background
+    if wrong_background or a["malformed"] or len(wanted) != len(a["shapes"]):  # or an extra kind
         return False, reason
-    ok = len(wanted) >= 1 if spec.count is None else len(wanted) == spec.count
-    return ok, reason
+    return (len(wanted) >= 1 if spec.count is None else len(wanted) == spec.count), reason
 
 
 def well_formed(image: np.ndarray) -> bool:
