@@ -218,12 +218,9 @@ def load_d_model(labeled: Feedback, unlabeled: Path, reward, device) -> DModel:
 
 def label_summary(rows: list[dict]) -> dict:
     """Fraction labeled good per category (the paper: count 34%, color 70%, overall 46.5%)."""
-    out = {"overall": float(np.mean([r["label"] for r in rows])) if rows else float("nan"),
-           "n": len(rows)}
-    for c in CATEGORIES:
-        labels = [r["label"] for r in rows if r["category"] == c]
-        out[c] = float(np.mean(labels)) if labels else float("nan")
-    return out
+    mean = lambda labels: float(np.mean(labels)) if labels else float("nan")
+    return {"overall": mean([r["label"] for r in rows]), "n": len(rows),
+            **{c: mean([r["label"] for r in rows if r["category"] == c]) for c in CATEGORIES}}
 
 
 def save_gallery(rows: list[dict], images, path, per_row: int = 4, scale: int = 4) -> None:
