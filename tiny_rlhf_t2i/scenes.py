@@ -88,8 +88,7 @@ def render(scene: Scene, resolution: int) -> np.ndarray:
     readable reference; `render_batch` draws many scenes at once, pixel for pixel the same."""
     if resolution not in RESOLUTIONS:
         raise ValueError(f"unsupported resolution {resolution}; valid resolutions: {RESOLUTIONS}")
-    image = np.empty((resolution, resolution, 3), np.uint8)
-    image[:] = BACKGROUNDS[scene.background]
+    image = np.full((resolution, resolution, 3), BACKGROUNDS[scene.background], np.uint8)
     ys, xs = np.mgrid[0:resolution, 0:resolution] + 0.5  # pixel centers, (H, W)
     for cx, cy, r in scene.objects:
         px, py, r_px = on_grid(cx, cy, r, resolution)
