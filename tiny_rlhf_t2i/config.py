@@ -104,8 +104,7 @@ def parse_config(cls, presets: dict[str, dict], argv=None, description: str | No
         parser.add_argument(*flags, dest=f.name,
                             type=typ, default=None, help=comments.get(f.name, ""))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    overrides = dict(presets[args.preset])
-    overrides.update({k: v for k, v in vars(args).items() if v is not None})
+    overrides = {**presets[args.preset], **{k: v for k, v in vars(args).items() if v is not None}}
     unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
     if unknown:  # a typo in a preset table is a bug, say so loudly
         raise ValueError(f"preset {args.preset!r} sets unknown fields {sorted(unknown)}")

@@ -146,14 +146,13 @@ class WebCorpus:
         noise = CaptionNoise(**{f.name: key[f.name] for f in dataclasses.fields(CaptionNoise)})
         n = key["corpus_size"]
         jobs = [(key["corpus_seed"], noise, lo, min(n, lo + CHUNK)) for lo in range(0, n, CHUNK)]
-        bar = tqdm(total=n, desc="web corpus", dynamic_ncols=True)
         parts = []
         # fork: the workers only run numpy, so a parent that already holds a CUDA context is fine
-        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+        with (multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool,
+              tqdm(total=n, desc="web corpus", dynamic_ncols=True) as bar):
             for part in pool.imap(_draw, jobs):  # in order: row i is example i
                 parts.append(part)
                 bar.update(len(part["ids"]))
-        bar.close()
         return {k: torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in parts[0]}
 
     def batch(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:

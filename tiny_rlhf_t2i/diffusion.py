@@ -39,17 +39,15 @@ class Scheduler:
         self.timesteps = torch.linspace(T - 1, 0, num_inference_steps).round().long()
 
     def step(self, model_output, timestep: int, prev_timestep: int, sample, eta: float = 0.0,
-             noise=None, clip_sample: bool = True):
+             noise=None):
         """One DDIM update x_t -> x_prev (Song et al. 2021, Eq. 12). eta=0: deterministic DDIM;
         eta=1 on every timestep: exactly the DDPM ancestral sampler (posterior variance beta~_t),
         with `noise` (shaped like sample) the fresh Gaussian noise of that step.
-        Returns (prev_sample, pred_original_sample)."""
+        Returns (prev_sample, pred_original_sample), the latter clipped to [-1, 1] as images are."""
         abar_t = self.alphas_cumprod[timestep]
         abar_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else torch.tensor(1.0)
-        x0 = (sample - (1 - abar_t).sqrt() * model_output) / abar_t.sqrt()
-        if clip_sample:  # images live in [-1, 1]
-            x0 = x0.clamp(-1, 1)
-            model_output = (sample - abar_t.sqrt() * x0) / (1 - abar_t).sqrt()
+        x0 = ((sample - (1 - abar_t).sqrt() * model_output) / abar_t.sqrt()).clamp(-1, 1)
+        model_output = (sample - abar_t.sqrt() * x0) / (1 - abar_t).sqrt()  # eps of the clipped x0
         sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
         direction = (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * model_output
         prev = abar_prev.sqrt() * x0 + direction
@@ -95,8 +93,7 @@ def sample(model, prompts: list[str], sample_seeds: list[int], num_inference_ste
         x = x.to(device)  # x_T: (B, 3, H, W)
         gens = [seeds.sampler_noise(s) for s in batch_seeds] if eta > 0 else None
         steps = scheduler.timesteps.tolist()
-        for j, t in enumerate(steps):
-            prev_t = steps[j + 1] if j + 1 < len(steps) else -1
+        for t, prev_t in zip(steps, steps[1:] + [-1]):
             tt = torch.full((len(x),), t, device=device, dtype=torch.long)
             eps = guided_eps(model, x, tt, ids, null, guidance_scale)
             noise = per_sample_noise(gens, x.shape[1:]).to(device) if gens else None

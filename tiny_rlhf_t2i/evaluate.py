@@ -38,22 +38,18 @@ def eval_records(samples_per_prompt: int, val: bool = False) -> list[dict]:
     """The evaluation records: prompt, category, split and the seed of each sample. val: the
     same prompts with other seeds (seeds.eval_seed), to choose settings on without touching
     the reported (test) samples."""
-    records = []
-    for split in ("seen", "unseen"):
-        for i, spec in enumerate(load_eval_prompts(split)):
-            for k in range(samples_per_prompt):
-                records.append({"prompt": to_prompt(spec), "category": spec.category,
-                                "split": split, "seed": seeds.eval_seed(split, i, k, val)})
-    return records
+    return [{"prompt": to_prompt(spec), "category": spec.category, "split": split,
+             "seed": seeds.eval_seed(split, i, k, val)}
+            for split in ("seen", "unseen") for i, spec in enumerate(load_eval_prompts(split))
+            for k in range(samples_per_prompt)]
 
 
 def generate(model, records: list[dict], num_inference_steps: int, guidance_scale: float,
              batch_size: int = 128) -> np.ndarray:
     """Sample one image per record: (N, H, W, 3) uint8."""
-    images = sample(model, [r["prompt"] for r in records], [r["seed"] for r in records],
-                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                    batch_size=batch_size)
-    return to_uint8(images)
+    return to_uint8(sample(model, [r["prompt"] for r in records], [r["seed"] for r in records],
+                           num_inference_steps=num_inference_steps,
+                           guidance_scale=guidance_scale, batch_size=batch_size))
 
 
 def alignment(goods: list[bool], records: list[dict]) -> dict:
@@ -65,19 +61,19 @@ def alignment(goods: list[bool], records: list[dict]) -> dict:
             groups[v] = np.array([r[key] == v for r in records])
     for split in ("seen", "unseen"):  # e.g. "seen/count": the category table of one split
         for c in CATEGORIES:
-            groups[f"{split}/{c}"] = np.array([r["split"] == split and r["category"] == c
-                                               for r in records])
+            groups[f"{split}/{c}"] = groups[split] & groups[c]
     return {name: proportion_ci(int(goods[m].sum()), int(m.sum())) for name, m in groups.items()}
 
 
-def score(images: np.ndarray, records: list[dict]) -> tuple[dict, list[bool], list[str]]:
-    """Judge every image against its prompt: (metrics, goods, reasons)."""
-    analyses = [analyze(im) for im in images]  # each image analyzed once, for both verdicts
+def score(images: np.ndarray, records: list[dict],
+          analyses: list[dict] | None = None) -> tuple[dict, list[bool], list[str]]:
+    """Judge every image against its prompt: (metrics, goods, reasons). analyses: the images'
+    judge.analyze, if the caller has them (Evaluator measures shape fit on them too)."""
+    analyses = analyses or [analyze(im) for im in images]  # once, for both verdicts
     verdicts = [verdict(a, r["prompt"]) for a, r in zip(analyses, records)]
     goods = [g for g, _ in verdicts]
-    wf = [a["well_formed"] for a in analyses]
     metrics = {"alignment": alignment(goods, records),
-               "well_formed": proportion_ci(sum(wf), len(wf))}
+               "well_formed": proportion_ci(sum(a["well_formed"] for a in analyses), len(analyses))}
     return metrics, goods, [r for _, r in verdicts]
 
 
@@ -136,7 +132,6 @@ GRID_PROMPTS = ["a red circle", "a square on a gray background", "two triangles"
                 "three diamonds"]  # fixed prompts of every stage's sample grid (last two unseen)
 
 
-
 # ----------------------------------------------------------------- scoring a scorer (stage 2)
 def pairwise_accuracy(scores, labels, prompts) -> float:
     """For two images of the same prompt whose gold labels differ, how often the scorer ranks
@@ -160,10 +155,9 @@ def roc_auc(scores, labels) -> float:
     good, bad = scores[labels == 1], scores[labels == 0]
     if not len(good) or not len(bad):
         return float("nan")
-    order = np.argsort(np.concatenate([good, bad]), kind="mergesort")
-    ranks = np.empty(len(order))
-    ranks[order] = np.arange(1, len(order) + 1)
     allv = np.concatenate([good, bad])
+    ranks = np.empty(len(allv))
+    ranks[np.argsort(allv, kind="mergesort")] = np.arange(1, len(allv) + 1)
     for v in np.unique(allv):  # average ranks of ties
         ranks[allv == v] = ranks[allv == v].mean()
     u = ranks[: len(good)].sum() - len(good) * (len(good) + 1) / 2  # Mann-Whitney U
@@ -202,10 +196,11 @@ class Evaluator:
 
     def images(self, images: np.ndarray) -> tuple[dict, list[bool]]:
         """(metrics, goods) of one image per evaluation record."""
-        m, goods, reasons = score(images, self.records)
+        analyses = [analyze(im) for im in images]  # once, for the verdicts and the shape fit
+        m, goods, reasons = score(images, self.records, analyses)
         f = features(self.fnet, images)
         m["fd"], m["diversity"] = frechet_distance(f, self.ref_feats), diversity(f, self.records)
-        m["shape_fit"] = shape_fit_summary(images)  # exactly 1 on clean renders
+        m["shape_fit"] = shape_fit_summary(analyses)  # exactly 1 on clean renders
         m["reward"] = float(self.reward.score(images, [r["prompt"] for r in self.records]).mean())
         m["count_breakdown"] = count_breakdown(self.records, goods, reasons)
         return m, goods

@@ -43,9 +43,8 @@ def feedback_records(split: str, per_category: int, seed: int) -> list[dict]:
     records = []
     for category in CATEGORIES:
         specs = prompt_set(split, category)
-        order = rng.permutation(per_category) % len(specs)
-        for k in order:
-            records.append({"prompt": to_prompt(specs[k]), "category": category, "split": split})
+        records += [{"prompt": to_prompt(specs[k]), "category": category, "split": split}
+                    for k in rng.permutation(per_category) % len(specs)]
     for i, r in enumerate(records):
         r["seed"] = int(seed * seeds.FEEDBACK_STRIDE + i)
         r["id"] = f"{split[0]}{seed}_{i:06d}"
@@ -98,8 +97,7 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
             for r, image in zip(part, images):
                 Image.fromarray(image).save(folder / r["image"])
                 good, reason = judge(image, r["prompt"])
-                sample_row = {**r, "judge_good": good, "judge_reason": reason}
-                samples.append(sample_row)
+                samples.append({**r, "judge_good": good, "judge_reason": reason})
                 if labeler == "judge":
                     labels.append(_judge_label(r, good, reason, flip_rate))
             write_jsonl(samples_path, samples)  # images first, then the rows that point at them
@@ -149,10 +147,7 @@ def load_rows(folder, name: str, made_by: str, check=None) -> tuple[list[dict], 
     """The rows of folder/name (each passing `check`, see read_jsonl) and their images:
     (rows, (N, H, W, 3) uint8; (0, 0, 0, 3) for no rows, whose size nothing tells)."""
     folder = Path(folder)
-    path = folder / name
-    if not path.exists():
-        raise UserError(f"{path} does not exist; run `{made_by}` first")
-    rows = read_rows(path, made_by, check)
+    rows = read_rows(folder / name, made_by, check)  # a missing file: "run `made_by` first"
     try:
         images = np.stack([np.asarray(Image.open(folder / r["image"]).convert("RGB"))
                            for r in rows]) if rows else np.zeros((0, 0, 0, 3), np.uint8)
@@ -223,12 +218,9 @@ def load_d_model(labeled: Feedback, unlabeled: Path, reward, device) -> DModel:
 
 def label_summary(rows: list[dict]) -> dict:
     """Fraction labeled good per category (the paper: count 34%, color 70%, overall 46.5%)."""
-    out = {"overall": float(np.mean([r["label"] for r in rows])) if rows else float("nan"),
-           "n": len(rows)}
-    for c in CATEGORIES:
-        labels = [r["label"] for r in rows if r["category"] == c]
-        out[c] = float(np.mean(labels)) if labels else float("nan")
-    return out
+    mean = lambda labels: float(np.mean(labels)) if labels else float("nan")
+    return {"overall": mean([r["label"] for r in rows]), "n": len(rows),
+            **{c: mean([r["label"] for r in rows if r["category"] == c]) for c in CATEGORIES}}
 
 
 def save_gallery(rows: list[dict], images, path, per_row: int = 4, scale: int = 4) -> None:
@@ -237,11 +229,8 @@ def save_gallery(rows: list[dict], images, path, per_row: int = 4, scale: int = 
     font = ImageFont.load_default()
     side = images.shape[1] * scale
     cell_w, text_h = max(side, 220), 5 * 11  # five lines of the ~6x11 px default font
-    cells = []  # one row per (category, label)
-    for c in CATEGORIES:
-        for lab in (1, 0):
-            cells.append([i for i, r in enumerate(rows)
-                          if r["category"] == c and r["label"] == lab][:per_row])
+    cells = [[i for i, r in enumerate(rows) if r["category"] == c and r["label"] == lab][:per_row]
+             for c in CATEGORIES for lab in (1, 0)]  # one row per (category, label)
     grid = Image.new("RGB", (per_row * (cell_w + 4), len(cells) * (side + text_h + 6)), "white")
     draw = ImageDraw.Draw(grid)
     for y, row in enumerate(cells):

@@ -21,9 +21,8 @@ from tqdm import tqdm
 
 from .diffusion import to_model_space
 from .files import load_checkpoint, save_checkpoint
-from .judge import PALETTE_NAMES, connected_components, quantize
 from .scenes import render, sample_scene, shape_mask
-from .world import BACKGROUNDS, COLORS, MAX_COUNT, SHAPES, Spec
+from .world import BACKGROUNDS, COLORS, MAX_COUNT, SHAPES, Spec, parse
 
 FEATURES = 64  # feature dimension
 
@@ -86,24 +85,19 @@ def features(net: FeatureNet, images_uint8) -> np.ndarray:
     return torch.cat(out).double().numpy()
 
 
-def _sqrtm_psd(c: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh(c)
-    return (v * np.sqrt(w.clip(min=0))) @ v.T
-
-
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to feature sets a (N, D) and b (M, D).
     tr((C_a C_b)^(1/2)) = tr((C_a^(1/2) C_b C_a^(1/2))^(1/2)), which is symmetric PSD."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    sa = _sqrtm_psd(ca)
+    w, v = np.linalg.eigh(ca)
+    sa = (v * np.sqrt(w.clip(min=0))) @ v.T  # C_a^(1/2)
     cross = np.sqrt(np.linalg.eigvalsh(sa @ cb @ sa).clip(min=0)).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * cross)
 
 
 def clean_references(records: list[dict], resolution: int) -> np.ndarray:
     """A clean render of each evaluation record's prompt (scene drawn with the record's seed)."""
-    from .world import parse
     return np.stack([render(sample_scene(parse(r["prompt"]), np.random.default_rng(r["seed"])),
                             resolution) for r in records])
 
@@ -121,48 +115,39 @@ def diversity(feats: np.ndarray, records: list[dict]) -> float:
     return float(np.mean(spreads)) if spreads else float("nan")  # one sample a prompt: no spread
 
 
-def shape_fit(image: np.ndarray) -> list[float]:
-    """For each blob of an (H, W, 3) uint8 image (8-connected pixels that are not the most common
-    color, the background; specks of 1-2 pixels skipped), the best intersection-over-union with
-    a clean shape: any of the four shapes, centered on a pixel center within 2 px of the blob's
-    centroid, with a radius of k + 1/2 px (the renderer's grid, scenes.on_grid) whose area is
-    near the blob's. A clean render scores exactly 1 per object; a soft, broken or in-between
+def shape_fit(a: dict) -> list[float]:
+    """For each blob of an image's analysis a = judge.analyze(image) (8-connected pixels that are
+    not the most common color, the background; specks skipped), the best intersection-over-union
+    with a clean shape: any of the four shapes, centered on a pixel center within 2 px of the
+    blob's centroid, with a radius of k + 1/2 px (the renderer's grid, scenes.on_grid) whose area
+    is near the blob's. A clean render scores exactly 1 per object; a soft, broken or in-between
     shape less. Two shapes merged into one blob score low, as they should."""
-    q = quantize(image)
-    side = image.shape[0]
-    counts = np.bincount(q[q >= 0].ravel(), minlength=len(PALETTE_NAMES))
-    foreground = q != (counts.argmax() if counts.any() else -2)  # (H, W)
+    side = a["side"]
     ys, xs = np.mgrid[0:side, 0:side] + 0.5  # pixel centers
     fits = []
-    for pixels in connected_components(foreground):
-        if len(pixels) <= 2 * (side / 16) ** 2:
-            continue
+    for pixels in a["blobs"]:
         blob = np.zeros((side, side), bool)
         blob[pixels[:, 0], pixels[:, 1]] = True
         cy, cx = pixels.mean(0) + 0.5
         radii = np.arange(np.floor(np.sqrt(len(pixels) / 3.6)), np.sqrt(len(pixels) / 1.4) + 1) + 0.5
         centers = [(np.floor(cx) + dx + 0.5, np.floor(cy) + dy + 0.5)
                    for dx in (-1, 0, 1) for dy in (-2, -1, 0, 1, 2)]
-        px, py, r = (np.array(v)[:, None, None, None] for v in  # (candidates, 1, 1, 1)
+        px, py, r = (np.array(v)[:, None, None] for v in  # (candidates, 1, 1)
                      zip(*[(x, y, rr) for x, y in centers for rr in radii]))
         best = 0.0
-        for shape in ("circle", "square", "diamond", "triangle"):
-            masks = shape_mask(shape, xs[None] - px[..., 0], ys[None] - py[..., 0],
-                               r[..., 0])  # (candidates, H, W)
-            inter = (masks & blob).sum((1, 2))
-            union = (masks | blob).sum((1, 2))
-            best = max(best, float((inter / union).max()))
+        for shape in SHAPES:
+            masks = shape_mask(shape, xs - px, ys - py, r)  # (candidates, H, W)
+            best = max(best, float(((masks & blob).sum((1, 2)) / (masks | blob).sum((1, 2))).max()))
         fits.append(best)
     return fits
 
 
-def shape_fit_summary(images: np.ndarray) -> dict:
-    """shape_fit over a set of images: its mean, 10th percentile and median over all blobs, and
-    the fraction of blobs that are exact clean shapes (IoU 1)."""
-    fits = np.array([f for im in images for f in shape_fit(im)])
+def shape_fit_summary(analyses: list[dict]) -> dict:
+    """shape_fit over a set of images (their judge.analyze): its mean, 10th percentile and
+    median over all blobs, and the fraction of blobs that are exact clean shapes (IoU 1)."""
+    fits = np.array([f for a in analyses for f in shape_fit(a)])
     if not len(fits):
-        return {"mean": float("nan"), "p10": float("nan"), "median": float("nan"),
-                "exact": float("nan"), "blobs": 0}
+        return {**dict.fromkeys(("mean", "p10", "median", "exact"), float("nan")), "blobs": 0}
     return {"mean": float(fits.mean()), "p10": float(np.percentile(fits, 10)),
             "median": float(np.median(fits)), "exact": float((fits >= 1.0).mean()),
             "blobs": int(len(fits))}

@@ -22,8 +22,7 @@ from .config import UserError
 def _atomic(path: Path, write) -> Path:
     """Write through `write(file)` to a temporary file, then rename it over `path`. A full disk
     or a read-only folder is one line that says what to do; the previous file stays intact."""
-    path = Path(path)
-    tmp = None
+    path, tmp = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -32,17 +31,15 @@ def _atomic(path: Path, write) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        tmp = None  # renamed: nothing left to remove
     except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         kept = " (the previous one is intact)" if path.exists() else ""
         raise UserError(f"could not write {path}{kept}: {e.strerror or e}; free disk space or "
                         f"choose another folder, then run the same command with --resume "
                         f"true") from None
-    except BaseException:
+    finally:  # a failed or interrupted write leaves no temporary file
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -69,15 +66,13 @@ def load_checkpoint(path, made_by: str) -> dict:
         with warnings.catch_warnings():  # a plain pickle draws a warning before it is refused
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):  # a pickled object: unpickling it could run code
+    except Exception as e:  # truncated, not a checkpoint at all, or a pickled object
+        unpickling = isinstance(e, pickle.UnpicklingError)
+        if unpickling and "Unsupported global" in str(e):  # unpickling it could run code
             raise UserError(f"{path} holds more than tensors, numbers, strings, lists "
                             f"and dicts; refused (loading it could run code)") from None
-        raise UserError(f"{path} is corrupt (not a checkpoint); delete it and run "
-                        f"`{made_by}` again") from None
-    except Exception as e:  # truncated or not a checkpoint at all
-        raise UserError(f"{path} is corrupt ({type(e).__name__}); delete it and run "
-                        f"`{made_by}` again") from None
+        why = "not a checkpoint" if unpickling else type(e).__name__
+        raise UserError(f"{path} is corrupt ({why}); delete it and run `{made_by}` again") from None
 
 
 def load_weights(module, weights: dict, path, fix: str) -> None:

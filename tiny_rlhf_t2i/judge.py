@@ -102,21 +102,18 @@ def classify_silhouette(pixels: np.ndarray) -> str | None:
     return None
 
 
-def _area_bounds(side: int) -> tuple[float, float]:
-    """Pixel area of one object at this resolution: the smallest triangle to the largest circle
-    the world draws, with slack for soft edges. Two touching objects exceed the upper bound."""
-    return 1.6 * (0.16 * side) ** 2 * 0.85, 3.3 * (0.24 * side) ** 2 * 1.15
-
-
 def analyze(image: np.ndarray) -> dict:
-    """Everything the judge sees in an image: background, clean shapes, malformed blobs."""
+    """Everything the judge sees in an image: background, clean shapes, malformed blobs, and
+    the (y, x) pixels of every blob beyond a speck (what fidelity.shape_fit measures)."""
     q = quantize(image)
     side = image.shape[0]
     counts = np.bincount(q[q >= 0].ravel(), minlength=len(PALETTE_NAMES))
     background = PALETTE_NAMES[counts.argmax()] if counts.any() else None
     bg_idx = PALETTE_NAMES.index(background) if background else -2
     speck = SPECK_AREA * (side / 16) ** 2
-    lo, hi = _area_bounds(side)
+    # Pixel area of one object: the smallest triangle to the largest circle the world draws,
+    # with slack for soft edges. Two touching objects exceed the upper bound.
+    lo, hi = 1.6 * (0.16 * side) ** 2 * 0.85, 3.3 * (0.24 * side) ** 2 * 1.15
     foreground = q != bg_idx  # (H, W) every pixel that is not the background
     blobs = connected_components(foreground)
     blob_of = np.empty(q.shape, int)  # (H, W) the blob of each non-background pixel
@@ -141,20 +138,18 @@ def analyze(image: np.ndarray) -> dict:
             shapes.append((dominant, shape))
         else:
             malformed.append(len(pixels))
-    # Every pixel that is not the background belongs to a blob, so a smear on the background is
-    # a malformed blob (or an ignored speck): the background is clean when it is a background
-    # color.
+    # Every pixel that is not the background belongs to a blob, so a smear on the background is a
+    # malformed blob (or an ignored speck): the background is clean when it is a background color.
     clean_bg = background in BACKGROUNDS
     return {"background": background, "clean_background": clean_bg, "shapes": shapes,
-            "malformed": malformed, "well_formed": clean_bg and not malformed and len(shapes) > 0}
+            "malformed": malformed, "well_formed": clean_bg and not malformed and len(shapes) > 0,
+            "side": side, "blobs": [pixels for pixels in blobs if len(pixels) > speck]}
 
 
 def _describe(shapes: list[tuple[str, str]]) -> str:
     if not shapes:
         return "no shapes"
-    groups = {}
-    for s in shapes:
-        groups[s] = groups.get(s, 0) + 1
+    groups = {s: shapes.count(s) for s in shapes}  # (color, shape) -> how many, in found order
     return " and ".join(f"{n} {c} {PLURAL[s] if n > 1 else s}" for (c, s), n in
                         sorted(groups.items(), key=lambda kv: -kv[1]))
 
@@ -181,15 +176,11 @@ def verdict(a: dict, prompt: str | Spec) -> tuple[bool, str]:
     reason = f"asked for {_asked(spec)}, {found}"
     if not a["clean_background"]:
         return False, reason + " (background not clean)"
-    if spec.background and a["background"] != spec.background:
-        return False, reason
-    if a["malformed"]:
-        return False, reason
     wanted = [s for s in a["shapes"] if s[1] == spec.shape and spec.color in (None, s[0])]
-    if len(wanted) != len(a["shapes"]):  # an extra object of another kind
+    wrong_background = spec.background and a["background"] != spec.background
+    if wrong_background or a["malformed"] or len(wanted) != len(a["shapes"]):  # or an extra kind
         return False, reason
-    ok = len(wanted) >= 1 if spec.count is None else len(wanted) == spec.count
-    return ok, reason
+    return (len(wanted) >= 1 if spec.count is None else len(wanted) == spec.count), reason
 
 
 def well_formed(image: np.ndarray) -> bool:

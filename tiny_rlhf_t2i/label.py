@@ -1,9 +1,8 @@
 """Stage 1 of the paper, done by a person: label generated images good or bad.
 
-In Lee et al. (2023), people look at images the text-to-image model produced
-and mark each one good or bad for how well it matches its prompt. Elsewhere
-in this project a procedural judge stands in for them; this module lets a
-real person take the judge's place.
+In Lee et al. (2023), people look at images the text-to-image model produced and mark each one
+good or bad for how well it matches its prompt. Elsewhere in this project a procedural judge
+stands in for them; this module lets a real person take the judge's place.
 
 It is a tiny local web server over a feedback folder:
 
@@ -25,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .files import atomic_write_text, read_jsonl  # atomic: a crash never leaves half a file
+from .files import atomic_write_text, read_jsonl, write_jsonl  # atomic: never half a file
 
 LOOPBACK = "127.0.0.1"
 MAX_BODY = 10 * 1024          # every valid post is a few dozen bytes
@@ -35,7 +34,6 @@ PAGE = Path(__file__).with_name("label_page.html")
 
 
 # ---------------------------------------------------------------- files
-
 def check_sample(row):
     if not isinstance(row, dict):
         return "expected a JSON object"
@@ -70,14 +68,12 @@ def read_skipped(path):
 
 
 # ---------------------------------------------------------------- state
-
 class FeedbackFolder:
     """The labels, skips and undo history of one feedback folder.
 
-    Every change takes ``lock`` for its whole read-modify-write, because
-    the server answers each request on its own thread and two quick clicks
-    must not both start from the same old file and lose one label.
-    """
+    Every change takes ``lock`` for its whole read-modify-write, because the server answers each
+    request on its own thread and two quick clicks must not both start from the same old file
+    and lose one label."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
@@ -85,10 +81,8 @@ class FeedbackFolder:
         self.skipped_path = self.folder / "skipped.json"
         self.samples = read_jsonl(self.folder / "samples.jsonl", check_sample)
         self.by_id = {s["id"]: s for s in self.samples}
-        # id -> row, in file order; a repeated id keeps its last row.
-        self.labels = {}
-        if self.labels_path.exists():
-            self.labels = {r["id"]: r for r in read_jsonl(self.labels_path, check_label)}
+        rows = read_jsonl(self.labels_path, check_label) if self.labels_path.exists() else []
+        self.labels = {r["id"]: r for r in rows}  # in file order; a repeated id keeps its last row
         self.skipped = read_skipped(self.skipped_path) if self.skipped_path.exists() else []
         self.undo_stack = []  # (id, row before, was skipped before)
         self.lock = threading.Lock()
@@ -123,17 +117,14 @@ class FeedbackFolder:
         self.undo_stack.append((sample_id, *before))
 
     def _write(self, sample_id, row, skipped):
-        # Build the new state, write it, and only then adopt it: if a write
-        # fails, memory still matches the files on disk.
-        labels = dict(self.labels)
+        # Build the new state, write it, and only then adopt it: if a write fails, memory still
+        # matches the files on disk.
+        labels = {**self.labels, sample_id: row}  # replaces in place: never a second row
         if row is None:
-            labels.pop(sample_id, None)
-        else:
-            labels[sample_id] = row  # replaces in place: never a second row
+            del labels[sample_id]
         skips = [i for i in self.skipped if i != sample_id] + ([sample_id] if skipped else [])
         if labels != self.labels:
-            text = "".join(json.dumps(r) + "\n" for r in labels.values())
-            atomic_write_text(self.labels_path, text)
+            write_jsonl(self.labels_path, labels.values())
             self.labels = labels
         if skips != self.skipped:
             atomic_write_text(self.skipped_path, json.dumps(skips) + "\n")
@@ -149,21 +140,19 @@ class FeedbackFolder:
                 counts = per_category.setdefault(s["category"], [0, 0])
                 counts[0] += s["id"] in self.labels
                 counts[1] += 1
-            return {
-                "next": nxt and {
-                    "id": nxt["id"], "image": f"/images/{nxt['id']}.png",
-                    "prompt": nxt["prompt"], "category": nxt["category"],
-                    "judge_good": nxt.get("judge_good"), "judge_reason": nxt.get("judge_reason")},
-                "progress": {"labeled": sum(c[0] for c in per_category.values()),
-                             "total": len(self.samples),
-                             "skipped": len(skipped & self.by_id.keys()),
-                             "per_category": per_category},
-                "can_undo": bool(self.undo_stack),
-            }
+            return {"next": nxt and {
+                        "id": nxt["id"], "image": f"/images/{nxt['id']}.png",
+                        "prompt": nxt["prompt"], "category": nxt["category"],
+                        "judge_good": nxt.get("judge_good"),
+                        "judge_reason": nxt.get("judge_reason")},
+                    "progress": {"labeled": sum(c[0] for c in per_category.values()),
+                                 "total": len(self.samples),
+                                 "skipped": len(skipped & self.by_id.keys()),
+                                 "per_category": per_category},
+                    "can_undo": bool(self.undo_stack)}
 
 
 # ---------------------------------------------------------------- HTTP
-
 class BadRequest(Exception):
     pass
 
@@ -182,17 +171,15 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/api/state":
             self._json(200, store.state())
         else:
-            # Match the raw path against a strict pattern and a known id, and
-            # build the file name ourselves: no "..", "%2e" or absolute path
-            # can ever reach the file system.
+            # Match the raw path against a strict pattern and a known id, and build the file
+            # name ourselves: no "..", "%2e" or absolute path can ever reach the file system.
             m = IMAGE_ROUTE.fullmatch(path)
             try:
                 if not (m and m.group(1) in store.by_id):
                     raise FileNotFoundError
                 data = (store.folder / "images" / f"{m.group(1)}.png").read_bytes()
             except OSError:
-                self._json(404, {"error": "not found"})
-                return
+                return self._json(404, {"error": "not found"})
             self._send(200, data, "image/png")
 
     def do_POST(self):
@@ -200,8 +187,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         store, path = self.server.store, urlsplit(self.path).path
         if path not in ("/api/label", "/api/skip", "/api/undo"):
-            self._json(404, {"error": "not found"})
-            return
+            return self._json(404, {"error": "not found"})
         try:
             body = self._read_json()
             if path == "/api/label":
@@ -214,19 +200,16 @@ class Handler(BaseHTTPRequestHandler):
             elif body != {}:
                 raise BadRequest("undo takes an empty JSON object")
             elif not store.undo():
-                self._json(409, {"error": "nothing to undo"})
-                return
+                return self._json(409, {"error": "nothing to undo"})
         except BadRequest as e:
-            self._json(400, {"error": str(e)})
-            return
+            return self._json(400, {"error": str(e)})
         except OSError as e:  # disk full, folder removed: say so instead of hanging up
-            self._json(500, {"error": f"could not save: {e}"})
-            return
+            return self._json(500, {"error": f"could not save: {e}"})
         self._json(200, store.state())
 
     def _read_json(self):
-        # Requiring application/json also stops other web sites from posting
-        # here: a cross-site JSON post needs a CORS preflight we never grant.
+        # Requiring application/json also stops other web sites from posting here: a cross-site
+        # JSON post needs a CORS preflight we never grant.
         if self.headers.get_content_type() != "application/json":
             raise BadRequest("send Content-Type: application/json")
         try:
@@ -251,8 +234,8 @@ class Handler(BaseHTTPRequestHandler):
         return body["id"]
 
     def _host_ok(self):
-        # Checking Host defeats DNS rebinding, where a web page re-points its
-        # own name at 127.0.0.1 to talk to servers on this machine.
+        # Checking Host defeats DNS rebinding, where a web page re-points its own name at
+        # 127.0.0.1 to talk to servers on this machine.
         port = self.server.server_address[1]
         if self.headers.get("Host") in (f"127.0.0.1:{port}", f"localhost:{port}"):
             return True
@@ -276,12 +259,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 # ---------------------------------------------------------------- entry points
-
 def serve(folder, port=8765, host=LOOPBACK):
-    """Start the labeling server in a daemon thread and return it.
-
-    Stop it with ``server.shutdown()`` and then ``server.server_close()``.
-    """
+    """Start the labeling server in a daemon thread and return it; stop it with
+    ``server.shutdown()`` and then ``server.server_close()``."""
     if host not in (LOOPBACK, "localhost"):
         # The page writes training labels and has no login: keep it on this machine.
         raise ValueError("the labeling server binds to loopback only")
@@ -305,21 +285,20 @@ def main(argv=None):
         server = serve(args.folder, args.port, args.host)
     except (ValueError, OSError) as e:
         parser.exit(2, f"error: {e}\n")
-    store = server.store
     # A process started in the background by a non-interactive shell inherits SIGINT as
     # ignored; restore Python's handler so Ctrl-C (or a test's SIGINT) always stops the server.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        print(f"labeling {len(store.samples)} images in {args.folder}: "
+        print(f"labeling {len(server.store.samples)} images in {args.folder}: "
               f"open http://{LOOPBACK}:{server.server_address[1]}/  (Ctrl-C to stop)", flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
     server.shutdown()
     server.server_close()
-    p = store.state()["progress"]
+    p = server.store.state()["progress"]
     print(f"\nlabeled {p['labeled']}/{p['total']}, skipped {p['skipped']}; "
-          f"labels in {store.labels_path}")
+          f"labels in {server.store.labels_path}")
 
 
 if __name__ == "__main__":

@@ -30,10 +30,9 @@ def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict
     weights = {name: run.weights for name, (run, _) in runs.items()}
     n_labels = {name: n_stage1 + (c.rounds - 1) * c.labels_per_round  # every label a run saw
                 for name, c in run_cfgs.items() if weights[name] == "reward"}
-    metrics = {"pretrained": before[0], **{n: evals[-1][0] for n, (_, evals) in results.items()},
-               **{n: m for n, (m, _) in baselines.items()}}
-    goods = {"pretrained": before[1], **{n: evals[-1][1] for n, (_, evals) in results.items()},
-             **{n: g for n, (_, g) in baselines.items()}}
+    last = {"pretrained": before[:2], **{n: evals[-1][:2] for n, (_, evals) in results.items()},
+            **baselines}  # name -> (metrics, goods) of its last evaluation
+    metrics, goods = ({n: v[i] for n, v in last.items()} for i in (0, 1))
     for name in metrics:  # side by side with the pretrained model and the control
         if name != "pretrained":
             metrics[name]["win_rate_vs_pretrained"] = win_rate(goods[name], goods["pretrained"])

@@ -40,10 +40,7 @@ def sample_scene(spec: Spec, rng: np.random.Generator) -> Scene:
     """Fill the spec's free attributes at random and place the objects without overlap."""
     validate(spec)
     count = spec.count or int(rng.integers(1, MAX_COUNT + 1))
-    if spec.color is None:
-        color = str(rng.choice([c for c in COLORS if c != spec.background]))
-    else:
-        color = spec.color
+    color = spec.color or str(rng.choice([c for c in COLORS if c != spec.background]))
     background = spec.background or str(rng.choice([b for b in BACKGROUNDS if b != color]))
     lo, hi = RADIUS["few" if count <= 2 else "many"]
     radii = rng.uniform(lo, hi, size=count)
@@ -91,8 +88,7 @@ def render(scene: Scene, resolution: int) -> np.ndarray:
     readable reference; `render_batch` draws many scenes at once, pixel for pixel the same."""
     if resolution not in RESOLUTIONS:
         raise ValueError(f"unsupported resolution {resolution}; valid resolutions: {RESOLUTIONS}")
-    image = np.empty((resolution, resolution, 3), np.uint8)
-    image[:] = BACKGROUNDS[scene.background]
+    image = np.full((resolution, resolution, 3), BACKGROUNDS[scene.background], np.uint8)
     ys, xs = np.mgrid[0:resolution, 0:resolution] + 0.5  # pixel centers, (H, W)
     for cx, cy, r in scene.objects:
         px, py, r_px = on_grid(cx, cy, r, resolution)

@@ -56,8 +56,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     report = {str(r): selfcheck(args.n, r, args.seed) for r in args.resolutions}
     print(json.dumps(report, indent=1))
-    worst = min(min(v["agreement"].values()) for v in report.values())
-    worst = min(worst, min(min(v["rejection"].values()) for v in report.values()))
+    worst = min(min(v[k].values()) for v in report.values() for k in ("agreement", "rejection"))
     if worst < 0.995:
         raise SystemExit(f"self-check FAILED: a rate is {worst:.4f} < 0.995")
 

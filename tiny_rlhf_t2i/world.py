@@ -74,10 +74,6 @@ class Spec:
     def split(self) -> str:
         return "unseen" if self.shape in UNSEEN_SHAPES else "seen"
 
-    def attributes(self) -> dict:
-        """The attributes this prompt names (GenEval-style metadata)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
 
 # ----------------------------------------------------------------------------- validation
 def _choices(kind: str, valid) -> str:
@@ -177,11 +173,8 @@ def perturb(spec: Spec, attribute: str, rng: np.random.Generator) -> Spec:
         raise PromptError(f"the prompt does not name its {attribute}, so it cannot be changed")
     values = {"shape": SHAPES, "count": tuple(range(1, MAX_COUNT + 1)), "color": tuple(COLORS),
               "background": tuple(BACKGROUNDS)}[attribute]
-    options = [v for v in values if v != current]
-    if attribute == "color":
-        options = [v for v in options if v != spec.background]
-    if attribute == "background":
-        options = [v for v in options if v != spec.color]
+    clash = {"color": spec.background, "background": spec.color}.get(attribute)  # invisible
+    options = [v for v in values if v not in (current, clash)]
     return dataclasses.replace(spec, **{attribute: options[int(rng.integers(len(options)))]})
 
 
@@ -217,19 +210,17 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
 def prompt_record(spec: Spec) -> dict:
+    """A line of data/eval_*.jsonl: the prompt and, GenEval-style, the attributes it names."""
     return {"prompt": to_prompt(spec), "category": spec.category, "split": spec.split,
-            "include": spec.attributes()}
+            "include": {k: v for k, v in dataclasses.asdict(spec).items() if v is not None}}
 
 
 def write_eval_prompt_sets(data_dir: Path = DATA_DIR) -> list[Path]:
     """Write data/eval_{seen,unseen}.jsonl (committed: the fixed evaluation prompts)."""
-    paths = []
-    for split in ("seen", "unseen"):
-        path = Path(data_dir) / f"eval_{split}.jsonl"
-        specs = eval_prompts(split, EVAL_COMBINATIONS[split])
-        lines = [json.dumps(prompt_record(s)) for s in specs]
-        path.write_text("\n".join(lines) + "\n")
-        paths.append(path)
+    paths = [Path(data_dir) / f"eval_{split}.jsonl" for split in ("seen", "unseen")]
+    for split, path in zip(("seen", "unseen"), paths):
+        path.write_text("".join(json.dumps(prompt_record(s)) + "\n"
+                                for s in eval_prompts(split, EVAL_COMBINATIONS[split])))
     return paths
 
 
