@@ -9,7 +9,7 @@
    classification on augmented prompts. A second model without the auxiliary loss shows what
    it adds.
 4. Measure the three scorers on a held-out feedback set (other seeds, seen and unseen prompts,
-   gold labels): pairwise accuracy, accuracy at 0.5, ROC-AUC.
+   gold labels): pairwise accuracy and accuracy at 0.5.
 
     python train_reward.py                      # after python train_unet.py
     python train_reward.py --labeler human      # be the labeler yourself
@@ -140,7 +140,7 @@ def main(argv=None):
         "label_fraction_good": label_summary(rows),
         "heldout_fraction_good": label_summary(h_rows),
         **{k: {name: {split: results[name][split][k] for split in ("seen", "unseen")}
-               for name in results} for k in ("pairwise_accuracy", "accuracy", "roc_auc")},
+               for name in results} for k in ("pairwise_accuracy", "accuracy")},
         "seconds": round(time.time() - t0), "sampling_seconds": round(sample_s),
         "config": dataclasses.asdict(cfg)}
     write_metrics(out, metrics, summary_md(cfg, metrics, results, len(h_rows)))
@@ -149,13 +149,11 @@ def main(argv=None):
 
 def summary_md(cfg: RewardConfig, metrics: dict, results: dict, n_heldout: int) -> str:
     cell = lambda v: "-" if v is None else f"{100 * v:.1f}%"
-    table = ("| scorer | pairwise acc. seen | unseen | acc@0.5 seen | unseen | ROC-AUC seen "
-             "| unseen |\n|---|---|---|---|---|---|---|\n")
+    table = "| scorer | pairwise acc. seen | unseen | acc@0.5 seen | unseen |\n|---|---|---|---|---|\n"
     for name, r in results.items():
         table += (f"| {name} | {cell(r['seen']['pairwise_accuracy'])} | "
                   f"{cell(r['unseen']['pairwise_accuracy'])} | {cell(r['seen']['accuracy'])} | "
-                  f"{cell(r['unseen']['accuracy'])} | {r['seen']['roc_auc']:.3f} | "
-                  f"{r['unseen']['roc_auc']:.3f} |\n")
+                  f"{cell(r['unseen']['accuracy'])} |\n")
     lf = metrics["label_fraction_good"]
     good = ", ".join(f"{c} {100 * lf[c]:.0f}%" for c in ("overall", "count", "color",
                                                          "background", "combination"))

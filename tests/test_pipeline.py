@@ -58,7 +58,7 @@ def test_smoke_pipeline_end_to_end(smoke_run):
         assert {"alignment", "well_formed", "fd"} <= set(m3[model])
         assert {"overall", "count", "seen", "unseen"} <= set(m3[model]["alignment"])
     assert set(m3["win_rate"]) >= {"win", "tie", "loss"}
-    for name in ("summary.md", "before_after.png", "alignment.png", "rounds.png",
+    for name in ("summary.md", "before_after.png", "rounds.png",
                  "feedback/round2/loss_curve.json", "feedback/round2/eval.json"):
         assert (tmp_path / "finetune" / name).exists(), name
     # Rounds: a curve point per round after the pretrained one, and the label budget.

@@ -149,21 +149,6 @@ def pairwise_accuracy(scores, labels, prompts) -> float:
     return float(wins / pairs) if pairs else float("nan")
 
 
-def roc_auc(scores, labels) -> float:
-    """Area under the ROC curve = P(score of a random good > score of a random bad)."""
-    scores, labels = np.asarray(scores, float), np.asarray(labels, int)
-    good, bad = scores[labels == 1], scores[labels == 0]
-    if not len(good) or not len(bad):
-        return float("nan")
-    allv = np.concatenate([good, bad])
-    ranks = np.empty(len(allv))
-    ranks[np.argsort(allv, kind="mergesort")] = np.arange(1, len(allv) + 1)
-    for v in np.unique(allv):  # average ranks of ties
-        ranks[allv == v] = ranks[allv == v].mean()
-    u = ranks[: len(good)].sum() - len(good) * (len(good) + 1) / 2  # Mann-Whitney U
-    return float(u / (len(good) * len(bad)))
-
-
 # ----------------------------------------------------------------- side by side (stage 3)
 def win_rate(goods_new, goods_old) -> dict:
     """Same prompt and seed, judged by the gold judge: the new model wins when only its image

@@ -8,7 +8,7 @@ import time
 
 from .evaluate import GRID_PROMPTS, alignment_table, sample_grid_rows, win_rate
 from .files import save_grid, write_metrics
-from .plots import alignment_bars, round_curves
+from .plots import round_curves
 from .world import CATEGORIES
 
 
@@ -32,7 +32,8 @@ def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict
                 for name, c in run_cfgs.items() if weights[name] == "reward"}
     last = {"pretrained": before[:2], **{n: evals[-1][:2] for n, (_, evals) in results.items()},
             **baselines}  # name -> (metrics, goods) of its last evaluation
-    metrics, goods = ({n: v[i] for n, v in last.items()} for i in (0, 1))
+    metrics = {n: m for n, (m, _) in last.items()}
+    goods = {n: g for n, (_, g) in last.items()}
     for name in metrics:  # side by side with the pretrained model and the control
         if name != "pretrained":
             metrics[name]["win_rate_vs_pretrained"] = win_rate(goods[name], goods["pretrained"])
@@ -51,7 +52,6 @@ def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict
     save_grid([r for pair in zip(rows_before, rows_after) for r in pair],
               [f"{tag}: {p}" for p in GRID_PROMPTS for tag in ("before", "after")],
               out / "before_after.png")
-    alignment_bars(metrics, out / "alignment.png")
     round_curves(curves, out / "rounds.png")
     clock.lap("grids and plots")
 
@@ -69,7 +69,7 @@ def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict
     write_metrics(out, result, md)
     print(md)
     print(f"report: {out / 'summary.md'}   grid: {out / 'before_after.png'}   "
-          f"plots: {out / 'alignment.png'}, {out / 'rounds.png'}")
+          f"plot: {out / 'rounds.png'}")
 
 
 def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_labels: dict,

@@ -24,7 +24,7 @@ from . import seeds
 from .clip import Clip, ClipConfig
 from .config import UserError, check_range
 from .diffusion import to_model_space
-from .evaluate import pairwise_accuracy, roc_auc
+from .evaluate import pairwise_accuracy
 from .files import load_checkpoint
 from .losses import reward_loss
 from .text import encode
@@ -158,15 +158,14 @@ def train_reward_model(clip: Clip, rows, images, cfg: RewardTrainConfig, lam: fl
 
 
 def measure(scores, rows) -> dict:
-    """Pairwise accuracy, accuracy at 0.5 and ROC-AUC of one scorer, per split, on gold labels."""
+    """Pairwise accuracy and accuracy at 0.5 of one scorer, per split, on gold labels."""
     out = {}
     for split in ("seen", "unseen"):
         m = np.array([r["split"] == split for r in rows])
         s, y = np.asarray(scores)[m], np.array([r["label"] for r in rows])[m]
         p = np.array([r["prompt"] for r in rows])[m]
         out[split] = {"pairwise_accuracy": pairwise_accuracy(s, y, p),
-                      "accuracy": float(((s > 0.5) == (y == 1)).mean()) if m.any() else None,
-                      "roc_auc": roc_auc(s, y)}
+                      "accuracy": float(((s > 0.5) == (y == 1)).mean()) if m.any() else None}
     return out
 
 
