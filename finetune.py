@@ -9,8 +9,7 @@
    so that prompts the model rarely gets right keep their share of D_model (--balance,
    losses.balance_groups); the model's own samples teach only the high-noise timesteps
    (--model_t_min, train_loop.step_loss); a KL anchor keeps the model's noise prediction on its
-   own samples close to the frozen pretrained model's (--anchor, losses.anchor_loss); the bad
-   own samples push the model away as the good ones pull (--negative, losses.negative_loss).
+   own samples close to the frozen pretrained model's (--anchor, losses.anchor_loss).
 3. Rounds of feedback (the paper names online feedback as its next step): in round k >= 2 the
    current model is sampled afresh on the feedback prompts, stage 1's labeler labels a budget of
    those samples, the reward is trained again on every label so far, and the model is
@@ -68,7 +67,6 @@ class FinetuneConfig(LoopConfig):
     rounds: int = 2  # rounds of feedback, each on fresh samples of the current model (1: paper)
     model_t_min: int = 500  # own samples teach timesteps >= this only (0: every t, the paper)
     anchor: float = 0.0  # lambda: weight of the KL anchor to the pretrained model (0: off)
-    negative: bool = False  # bad own samples push the model away (losses.negative_loss)
     labels_per_round: int = 500  # new labels by stage 1's labeler in each round after the first
     unlabeled_per_category: int = 1000  # own samples per category and round (paper: 16K in all)
     beta: float = 0.1  # weight of the pretraining loss, Eq. 2 (paper: 1; see docs/results.md)
@@ -125,15 +123,11 @@ RUNS = {
     "feedback": Run("reward"),  # the method, at the command line's settings
     "control": Run(None),  # same steps and rounds, D_pre only: extra training without feedback
     "gold": Run("gold"),  # a perfect reward model: the ceiling of the method
-    "paper": Run("reward", settings=dict(rounds=1, model_t_min=0, balance=False, anchor=0.0,
-                                   negative=False)),
+    "paper": Run("reward", settings=dict(rounds=1, model_t_min=0, balance=False, anchor=0.0)),
     "unbalanced": Run("reward", settings=dict(balance=False)),  # plain Eq. 2 weights
     # Own samples teach every timestep and the KL anchor holds the model near the pretrained one
     # (DPOK's regularizer) instead of the timestep cut, weighted per step as the exact KL.
     "anchor_kl": Run("reward", settings=dict(model_t_min=0, anchor=1.0)),
-    # Eq. 2 plus the negative term: a reward r in [0, 1] pulls with r and pushes with 1 - r
-    # (rescaled weights could pass 1, so no balancing).
-    "negative": Run("reward", settings=dict(negative=True, balance=False)),
     # The paper's Table 3: labeled only; + unlabeled; + pretraining loss (= paper); beta.
     "labeled_only": Run("reward", unlabeled=False, settings=dict(beta=0.0)),
     "labeled_unlabeled_beta0": Run("reward", settings=dict(beta=0.0)),
@@ -251,16 +245,12 @@ def finetune(folder: Path, run: Run, cfg: FinetuneConfig, start, inputs: Inputs,
     if n_model and cfg.anchor:  # the pretrained model, frozen, is the anchor of every round
         anchor = Anchor(inputs.pretrained.eval().requires_grad_(False), cfg.anchor,
                         kl_step_weights(Scheduler().alphas_cumprod))
-    old = None
-    if n_model and cfg.negative:  # the model that drew this round's samples, frozen
-        old = copy.deepcopy(start).to(device, memory_format=torch.channels_last)
-        old.eval().requires_grad_(False)
     model = copy.deepcopy(start).to(device, memory_format=torch.channels_last)
     model.requires_grad_(True)  # start may be an EMA copy, whose weights are frozen
     carry = {"model_config": dataclasses.asdict(start.cfg), "config": inputs.pre}  # tune again
     ema_model, curve, finished = train(model, cfg, make_batch, folder / "ckpt.pt",
                                        f"finetune {folder.parent.name}/{folder.name}", carry, mse,
-                                       anchor, old)
+                                       anchor)
     if finished and distributed.is_main():
         atomic_write_text(folder / "loss_curve.json", json.dumps(curve))
     return ema_model, finished

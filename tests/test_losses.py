@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from tiny_rlhf_t2i.evaluate import alignment, pairwise_accuracy, proportion_ci, win_rate
 from tiny_rlhf_t2i.fidelity import frechet_distance
-from tiny_rlhf_t2i.losses import (balance_groups, eq2_weights, finetune_loss, negative_loss,
-                                  prompt_classification_loss, reward_loss, weighted_mse)
+from tiny_rlhf_t2i.losses import (balance_groups, eq2_weights, finetune_loss,
+                                  prompt_classification_loss, reward_loss)
 
 
 def test_prompt_classification_loss_by_hand():
@@ -135,27 +135,6 @@ def test_anchor_loss_value_and_gradient_by_hand():
     expected = torch.tensor([0.5 * 2 * 1 / 4, 0.5 * 2 * 3 / 4, 2 * 2 * 2 / 4, 0.0]).view(2, 1, 1, 2)
     torch.testing.assert_close(eps_hat.grad, expected)
     assert anchor_loss(eps_pre, eps_pre, a).item() == 0
-
-
-def test_negative_loss_value_and_the_optimum_it_makes_with_eq2():
-    eps_old, eps = torch.zeros(2, 1, 1, 2), torch.ones(2, 1, 1, 2)
-    eps_hat = torch.tensor([1.0, -1.0, 0.0, 3.0]).view(2, 1, 1, 2)
-    w_neg = torch.tensor([0.25, 1.0])
-    # row 0: (0 - 1 - 1)^2, (0 + 1 - 1)^2 -> mean 2, weight 0.25; row 1: 1, 16 -> 8.5, weight 1
-    assert negative_loss(eps_hat, eps_old, eps, w_neg).item() == pytest.approx((0.5 + 8.5) / 2)
-    # Eq. 2's r * ||eps_hat - eps||^2 plus the negative term is minimized, per row, at
-    # eps_old + (2r - 1)(eps - eps_old): learn a good sample, unlearn a bad one, stay at r = 1/2.
-    eps_old, eps = torch.randn(3, 1, 2, 2), torch.randn(3, 1, 2, 2)
-    r = torch.tensor([1.0, 0.5, 0.1])
-    eps_hat = torch.zeros(3, 1, 2, 2, requires_grad=True)
-    opt = torch.optim.SGD([eps_hat], lr=1.0)
-    for _ in range(200):
-        opt.zero_grad()
-        (weighted_mse(eps_hat, eps, r) + negative_loss(eps_hat, eps_old, eps, 1 - r)).backward()
-        opt.step()
-    optimum = eps_old + (2 * r - 1).view(3, 1, 1, 1) * (eps - eps_old)
-    torch.testing.assert_close(eps_hat.detach(), optimum)
-    assert negative_loss(eps, eps, eps, 1 - r).item() == 0  # zero where all three agree
 
 
 def test_balance_leaves_a_group_with_no_good_image_alone():

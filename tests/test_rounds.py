@@ -9,7 +9,7 @@ import torch
 import finetune
 from tiny_rlhf_t2i.diffusion import Scheduler
 from tiny_rlhf_t2i.evaluate import eval_records
-from tiny_rlhf_t2i.losses import anchor_loss, negative_loss, weighted_mse
+from tiny_rlhf_t2i.losses import anchor_loss, weighted_mse
 from tiny_rlhf_t2i.train_loop import Anchor, Batch, step_loss
 
 
@@ -130,27 +130,6 @@ def test_anchor_is_zero_at_the_start_and_adds_lambda_times_its_loss_on_d_model_r
     assert moved.a.grad is not None and pre.a.grad is None
 
 
-def test_negative_term_is_zero_for_good_samples_and_adds_its_loss_for_bad_ones():
-    B, n_model = 8, 4
-    x0 = torch.randn(B, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    ids = torch.zeros(B, 4, dtype=torch.long)
-    loss = lambda model, w, old: step_loss(model, Scheduler(), Batch(x0, ids, w, n_model, 0),
-                                           torch.Generator().manual_seed(3), weighted_mse, None, old)
-    old, moved = _Affine(0.5, 0.1).requires_grad_(False), _Affine(0.7, -0.2)
-    good = torch.cat([torch.ones(n_model), torch.full((B - n_model,), 0.1)])  # r = 1, then beta
-    assert torch.equal(loss(moved, good, old), loss(moved, good, None))  # r = 1: Eq. 2 alone
-    w = torch.cat([torch.tensor([0.0, 0.3, 1.0, 0.8]), torch.full((B - n_model,), 0.1)])
-    total, plain = loss(moved, w, old), loss(moved, w, None)
-    gen = torch.Generator().manual_seed(3)
-    t = torch.randint(0, 1000, (B,), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    x_t = Scheduler().add_noise(x0, noise, t)[:n_model]
-    by_hand = negative_loss(0.7 * x_t - 0.2, 0.5 * x_t + 0.1, noise[:n_model], 1 - w[:n_model])
-    torch.testing.assert_close(total - plain, by_hand)
-    total.backward()
-    assert moved.a.grad is not None and old.a.grad is None
-
-
 def test_paper_run_is_the_papers_settings_and_runs_resolve_once():
     from tiny_rlhf_t2i.config import parse_config
     cfg = parse_config(finetune.FinetuneConfig, finetune.PRESETS, ["--anchor", "2"])
@@ -159,8 +138,6 @@ def test_paper_run_is_the_papers_settings_and_runs_resolve_once():
     assert finetune.RUNS["paper"].weights == "reward" and finetune.RUNS["paper"].unlabeled
     assert (paper.beta, paper.steps) == (cfg.beta, cfg.steps)  # the rest: the command line's
     assert finetune.RUNS["feedback"].config(cfg) == cfg
-    negative = finetune.RUNS["negative"].config(cfg)  # rewards in [0, 1]: no rescaling
-    assert (negative.negative, negative.balance, negative.model_t_min) == (True, False, 500)
 
 
 def test_validation_seeds_are_the_evaluation_prompts_with_disjoint_seeds():

@@ -8,8 +8,7 @@ with -log p_theta replaced by the epsilon-prediction denoising loss (Ho et al. 2
 Stage 0's pretraining loss is Eq. 2 with no D_model rows and every weight 1.
 Beside Eq. 2, not in the paper: the anchor, lambda * E_{D_model} KL(p_theta || p_pre) per
 denoising step, which keeps the fine-tuned model close to the frozen pretrained one (DPOK,
-Fan et al. 2023); and the negative term, (1 - r) ||2 eps_old - eps_theta - eps||^2 on D_model,
-which lets the bad samples push the model away (DiffusionNFT, Zheng et al. 2025).
+Fan et al. 2023).
 """
 import torch
 import torch.nn.functional as F
@@ -85,30 +84,6 @@ def anchor_loss(eps_hat: torch.Tensor, eps_pre: torch.Tensor,
     unlike the reward-weighted term, it is the same for good and bad samples."""
     per_sample = (eps_hat.float() - eps_pre.float()).pow(2).flatten(1).mean(1)  # (N,)
     return (step_weights.float() * per_sample).mean()  # ()
-
-
-def negative_loss(eps_hat: torch.Tensor, eps_old: torch.Tensor, eps: torch.Tensor,
-                  w_neg: torch.Tensor) -> torch.Tensor:
-    """The negative half of a negative-aware objective on the D_model rows, an fp32 scalar:
-        (1/N) sum_i (1 - r_i) * mean_j (2 eps_old[i, j] - eps_hat[i, j] - eps[i, j])^2
-    eps_hat: (N, C, H, W) the fine-tuned model's noise prediction at (x_t, t, z) of an own
-    sample; eps_old: (N, C, H, W) the prediction, at the same input, of the frozen model that
-    drew the samples (the round's starting model); eps: (N, C, H, W) the true noise; w_neg: (N,)
-    1 - r_i.
-
-    Why. Eq. 2 only pulls: a bad sample (r near 0) is merely ignored. DiffusionNFT (Zheng et
-    al. 2025; its beta = 1) reads r as the probability that a sample is good and trains an
-    implicit positive model eps_+ = eps_theta on the good samples and an implicit negative
-    model eps_- = 2 eps_old - eps_theta on the bad ones:
-        r ||eps_theta - eps||^2 + (1 - r) ||2 eps_old - eps_theta - eps||^2,
-    whose first term is Eq. 2's. Per row the minimum is at
-        eps_theta = eps_old + (2 r - 1) (eps - eps_old):
-    learn a good sample, unlearn a bad one by as much, stay put at r = 1/2. Unlike a negative
-    weight in Eq. 2 (which would maximize a likelihood without bound: eq2_weights clamps at
-    0), it is a squared error to a fixed target, so it is bounded below, and it is exactly 0
-    where eps_theta = eps_old = eps."""
-    per_sample = (2 * eps_old.float() - eps_hat.float() - eps.float()).pow(2).flatten(1).mean(1)
-    return (w_neg.float() * per_sample).mean()  # ()
 
 
 def balance_groups(weights: torch.Tensor, groups: list[str]) -> torch.Tensor:

@@ -86,15 +86,15 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
              f"({cfg.model_fraction:.0%} D_model). Gold-judge alignment with 95% CI "
              f"({cfg.eval_samples_per_prompt} samples per evaluation prompt, {cfg.evaluation} "
              f"seeds):", "",
-             alignment_table(metrics), "| model | weights | rounds | t_min | anchor | negative | beta "
+             alignment_table(metrics), "| model | weights | rounds | t_min | anchor | beta "
              "| balanced | labels | FD | shape fit: mean / exact | diversity "
              "| win / tie / loss vs pretrained | vs control |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in metrics.items():
         c = run_cfgs.get(name)
         rounds = "-" if c is None else c.rounds
-        tuned = ("-",) * 5 if c is None or weights[name] is None else (
-            c.model_t_min, c.anchor, c.negative, c.beta, c.balance)
+        tuned = ("-",) * 4 if c is None or weights[name] is None else (
+            c.model_t_min, c.anchor, c.beta, c.balance)
         lines.append(f"| {name} | {weights.get(name) or '-'} | {rounds} | "
                      + " | ".join(map(str, tuned)) + f" | {n_labels.get(name, '-')} | "
                      f"{m['fd']:.2f} | {m['shape_fit']['mean']:.3f} / "

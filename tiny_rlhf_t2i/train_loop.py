@@ -23,7 +23,7 @@ from . import distributed, seeds
 from .config import ConfigError, UserError, check_range
 from .diffusion import EMA, Scheduler
 from .files import load_checkpoint, load_weights, save_checkpoint
-from .losses import anchor_loss, finetune_loss, negative_loss, weighted_mse
+from .losses import anchor_loss, finetune_loss, weighted_mse
 from .text import NULL_IDS
 
 
@@ -113,7 +113,7 @@ def drop_captions(ids: torch.Tensor, rng: np.random.Generator, p_uncond: float) 
 
 # ----------------------------------------------------------------------------- the loop
 def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, mse,
-              anchor: Anchor | None = None, old=None) -> torch.Tensor:
+              anchor: Anchor | None = None) -> torch.Tensor:
     """Eq. 2 on one batch: noise every image at a random timestep, predict the noise, weight.
 
     With batch.model_t_min > 0 the D_model rows' timesteps are drawn from [model_t_min, T):
@@ -125,8 +125,7 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
 
     With an anchor, the D_model rows also pay lambda * anchor_loss against the frozen
     pretrained model's prediction at the same noisy input: one more forward pass (no backward)
-    on those rows. With `old` (the frozen model that drew the D_model samples), the D_model
-    rows also pay the negative term, losses.negative_loss with weights 1 - w: one more forward.
+    on those rows.
 
     Under torchrun the noise is drawn for the whole batch and each process keeps its rows."""
     x0, ids, weights, n_model = batch.x0, batch.ids, batch.weights, batch.n_model
@@ -150,23 +149,16 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
             eps_pre = anchor.model(x_t[m], t[m], ids[m])  # (n_model, 3, H, W)
         a_t = anchor.step_weights.to(x0.device)[t[m]]  # (n_model,)
         loss = loss + anchor.weight * anchor_loss(eps_hat[m], eps_pre, a_t)
-    if old is not None and n_model:
-        m = slice(0, n_model)
-        with torch.no_grad():
-            eps_old = old(x_t[m], t[m], ids[m])  # (n_model, 3, H, W)
-        w_neg = (1 - weights[:n_model]).clamp(min=0)  # (n_model,) 1 - r
-        loss = loss + negative_loss(eps_hat[m], eps_old, noise[m], to_device(w_neg, x0.device))
     return loss
 
 
 def train(model, cfg: LoopConfig, make_batch: Callable[[int], Batch], ckpt_path, desc: str,
-          carry: dict, mse=weighted_mse, anchor: Anchor | None = None, old=None):
+          carry: dict, mse=weighted_mse, anchor: Anchor | None = None):
     """Train `model` for cfg.steps steps on make_batch(step) (a Batch: images on the model's
     device, ids and weights on the CPU); checkpoint to ckpt_path (with `carry`: the model config
     and stage 0's config, so the checkpoint can be loaded and tuned again). With cfg.resume it
     continues where ckpt_path stopped; the batches and noise are fixed by (seed, step), so a
-    resumed run equals an uninterrupted one. `anchor`, `old`: stage 3's KL anchor and the frozen
-    model of the negative term (step_loss). Under
+    resumed run equals an uninterrupted one. `anchor`: stage 3's KL anchor (step_loss). Under
     torchrun each process trains on its rows of every batch and rank 0 alone writes the
     checkpoint.
     Returns (EMA model, loss curve [(step, mean loss)], finished)."""
@@ -216,7 +208,7 @@ def train(model, cfg: LoopConfig, make_batch: Callable[[int], Batch], ckpt_path,
             batch = make_batch(step)
             with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
                 loss = step_loss(net, scheduler, batch, seeds.step_noise(cfg.seed, step), mse,
-                                 anchor, old)
+                                 anchor)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
