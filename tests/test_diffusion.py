@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from tiny_rlhf_t2i import seeds
 from tiny_rlhf_t2i.config import UserError
 from tiny_rlhf_t2i.diffusion import Scheduler, guided_eps, sample
 from tiny_rlhf_t2i.files import load_checkpoint, save_checkpoint
@@ -59,6 +60,25 @@ def test_ddim_error_shrinks_with_more_steps():
     err = [abs(sample(model, ["a circle"] * 8, list(range(8)), num_inference_steps=n,
                       guidance_scale=1.0).std().item() - 0.2) for n in (25, 100, 400)]
     assert err[0] > err[1] > err[2]
+
+
+def test_dpm_solver_2m_starts_as_ddim_and_converges_at_second_order():
+    """On the Gaussian world the probability-flow ODE has a closed form: each pixel keeps its
+    z-score, (x_t - sqrt(abar) mu) / sqrt(abar std^2 + 1 - abar), from x_T to x_0."""
+    s = Scheduler()
+    x, eps = torch.randn(2, 3, 4, 4), 0.1 * torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(s.step_2m(eps, 900, 800, x)[0], s.step(eps, 900, 800, x)[0])
+    mu, std = 0.0, 0.2  # x0 far inside [-1, 1]: clipping never acts
+    model = GaussianEps(mu, std)
+    x_T = torch.stack([torch.randn(3, 16, 16, generator=seeds.initial_noise(i)) for i in range(4)])
+    a_T = s.alphas_cumprod[-1]
+    exact = mu + std * (x_T - a_T.sqrt() * mu) / (a_T * std ** 2 + 1 - a_T).sqrt()
+    err = {(solver, n): (sample(model, ["a circle"] * 4, list(range(4)), num_inference_steps=n,
+                                guidance_scale=1.0, solver=solver) - exact).pow(2).mean().sqrt()
+           for solver in ("ddim", "dpm++2m") for n in (20, 40)}
+    assert 0.4 < err["ddim", 40] / err["ddim", 20] < 0.6  # first order: error ~ 1 / steps
+    assert err["dpm++2m", 40] < err["dpm++2m", 20] / 4  # second order: ~ 1 / steps^2 or better
+    assert err["dpm++2m", 40] < err["ddim", 40] / 4
 
 
 def test_sampling_is_reproducible_per_seed_whatever_the_batch():

@@ -55,6 +55,26 @@ class Scheduler:
             prev = prev + sigma * noise
         return prev, x0
 
+    def step_2m(self, model_output, timestep: int, prev_timestep: int, sample, last=None):
+        """One DPM-Solver++(2M) update x_t -> x_prev (Lu et al. 2022b, Eq. 11 and Alg. 2): with
+        lambda = log(sqrt(abar) / sqrt(1 - abar)) and h = lambda_prev - lambda_t,
+            x_prev = sqrt((1 - abar_prev) / (1 - abar_t)) x_t + sqrt(abar_prev) (1 - e^-h) D,
+        D = x0 on the first step (exactly DDIM), later D = (1 + 1/2r) x0 - (1/2r) x0_last with
+        r = h_last / h: x0 extrapolated through the last step's, second order in h. The step
+        into t = 0 stays first order (D = x0): evenly spaced timesteps make it the longest in
+        lambda, where extrapolating overshoots; the step to t = -1 returns x0, as DDIM's does.
+        last: (x0, h) of the previous step, or None. Returns (prev_sample, (x0, h))."""
+        abar_t = self.alphas_cumprod[timestep]
+        x0 = ((sample - (1 - abar_t).sqrt() * model_output) / abar_t.sqrt()).clamp(-1, 1)
+        if prev_timestep < 0:
+            return x0, None
+        abar_prev = self.alphas_cumprod[prev_timestep]
+        h = 0.5 * (torch.log(abar_prev / (1 - abar_prev)) - torch.log(abar_t / (1 - abar_t)))
+        d = x0 if last is None or prev_timestep == 0 else x0 + (x0 - last[0]) * h / (2 * last[1])
+        prev = (((1 - abar_prev) / (1 - abar_t)).sqrt() * sample
+                + abar_prev.sqrt() * (1 - torch.exp(-h)) * d)
+        return prev, (x0, h)
+
 
 def guided_eps(model, x, t, ids, null_ids, guidance_scale: float):
     """Classifier-free guidance (Ho & Salimans 2022): eps_u + w (eps_c - eps_u), in one
@@ -74,9 +94,11 @@ def per_sample_noise(generators, shape) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(model, prompts: list[str], sample_seeds: list[int], num_inference_steps: int = 25,
-           guidance_scale: float = 3.0, eta: float = 0.0, batch_size: int = 256):
-    """Text -> images in [-1, 1], (B, 3, H, W). eta=0 is DDIM; eta=1 with
-    num_inference_steps=1000 is DDPM. Same (prompt, seed) -> same image, whatever the batch."""
+           guidance_scale: float = 3.0, eta: float = 0.0, batch_size: int = 256,
+           solver: str = "ddim"):
+    """Text -> images in [-1, 1], (B, 3, H, W). solver "ddim": eta=0 is DDIM, eta=1 with
+    num_inference_steps=1000 is DDPM; "dpm++2m": DPM-Solver++(2M) (`Scheduler.step_2m`). Same
+    (prompt, seed) -> same image, whatever the batch."""
     if len(prompts) != len(sample_seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(sample_seeds)} seeds")
     model.eval()
@@ -92,10 +114,13 @@ def sample(model, prompts: list[str], sample_seeds: list[int], num_inference_ste
         x = per_sample_noise([seeds.initial_noise(s) for s in batch_seeds], (3, res, res))
         x = x.to(device)  # x_T: (B, 3, H, W)
         gens = [seeds.sampler_noise(s) for s in batch_seeds] if eta > 0 else None
-        steps = scheduler.timesteps.tolist()
+        steps, last = scheduler.timesteps.tolist(), None
         for t, prev_t in zip(steps, steps[1:] + [-1]):
             tt = torch.full((len(x),), t, device=device, dtype=torch.long)
             eps = guided_eps(model, x, tt, ids, null, guidance_scale)
+            if solver == "dpm++2m":
+                x, last = scheduler.step_2m(eps, t, prev_t, x, last)
+                continue
             noise = per_sample_noise(gens, x.shape[1:]).to(device) if gens else None
             x, _ = scheduler.step(eps, t, prev_t, x, eta=eta, noise=noise)
         out.append(x.clamp(-1, 1).cpu())

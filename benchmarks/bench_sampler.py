@@ -1,0 +1,69 @@
+"""Fewer sampling steps at the same judged quality? DDIM against DPM-Solver++(2M) on real models.
+
+    python benchmarks/bench_sampler.py runs/unet/ckpt.pt runs/finetune/feedback/round2/ckpt.pt \\
+        --samplers ddim:25,dpm++2m:10,dpm++2m:15,ddim:15 --out benchmarks/results/cpu_sampler.json
+
+For every checkpoint and sampler (solver:steps) it samples the 88 evaluation prompts on the
+validation seeds (`--evaluation val`'s, never the reported ones), 16 samples each, with the
+defaults' guidance, judges them with the gold judge and writes alignment (overall and per
+category), well-formed, the seconds it took, and how often each image's verdict agrees with the
+first sampler's on the same prompt and seed (the reference, by default 25-step DDIM).
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from stage3_seeds import machine  # noqa: E402
+from tiny_rlhf_t2i.diffusion import sample, to_uint8  # noqa: E402
+from tiny_rlhf_t2i.evaluate import eval_records, score  # noqa: E402
+from tiny_rlhf_t2i.unet import load_model  # noqa: E402
+
+GROUPS = ("overall", "count", "color", "background", "combination", "seen", "unseen")
+
+
+def run(ckpt: Path, samplers: list[tuple[str, int]], per_prompt: int, guidance: float) -> dict:
+    model, _ = load_model(ckpt, "the stage that writes it")
+    records = eval_records(per_prompt, val=True)
+    prompts, seeds_ = [r["prompt"] for r in records], [r["seed"] for r in records]
+    out, first = {}, None
+    for solver, steps in samplers:
+        t0 = time.time()
+        images = to_uint8(sample(model, prompts, seeds_, steps, guidance, solver=solver))
+        seconds = time.time() - t0
+        metrics, goods, _ = score(images, records)
+        first = goods if first is None else first
+        name = f"{solver}:{steps}"
+        out[name] = {**{g: round(100 * metrics["alignment"][g]["mean"], 1) for g in GROUPS},
+                     "well_formed": round(100 * metrics["well_formed"]["mean"], 1),
+                     "verdicts_as_reference": round(float(np.mean(np.equal(goods, first))), 3),
+                     "sampling_seconds": round(seconds, 1)}
+        print(ckpt, name, out[name], flush=True)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ckpts", nargs="+", type=Path)
+    parser.add_argument("--samplers", default="ddim:25,dpm++2m:10,dpm++2m:15,ddim:15",
+                        help="solver:steps, comma-separated; the first is the reference")
+    parser.add_argument("--per_prompt", type=int, default=16)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    samplers = [(s.split(":")[0], int(s.split(":")[1])) for s in args.samplers.split(",")]
+    where = machine()  # the commit the samples come from
+    results = {str(c): run(c, samplers, args.per_prompt, args.guidance) for c in args.ckpts}
+    if args.out:
+        where["torch_threads_per_arm"] = torch.get_num_threads()
+        args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), **where,
+                                        "results": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
