@@ -54,9 +54,9 @@ def test_smoke_pipeline_end_to_end(smoke_run):
     assert len(labels) == 4 * 16 and len({json.loads(r)["id"] for r in labels}) == 64
 
     m3 = json.loads((tmp_path / "finetune" / "metrics.json").read_text())
-    for model in ("before", "after", "control"):
-        assert {"alignment", "well_formed", "fd"} <= set(m3[model])
-        assert {"overall", "count", "seen", "unseen"} <= set(m3[model]["alignment"])
+    for m in (m3["before"], m3["after"], m3["models"]["control"]):
+        assert {"alignment", "well_formed", "fd"} <= set(m)
+        assert {"overall", "count", "seen", "unseen"} <= set(m["alignment"])
     assert set(m3["win_rate"]) >= {"win", "tie", "loss"}
     for name in ("summary.md", "before_after.png", "rounds.png",
                  "feedback/round2/loss_curve.json", "feedback/round2/eval.json"):

@@ -9,7 +9,6 @@ import time
 from .evaluate import GRID_PROMPTS, alignment_table, sample_grid_rows, win_rate
 from .files import save_grid, write_metrics
 from .plots import round_curves
-from .world import CATEGORIES
 
 
 def curve_point(m: dict) -> dict:
@@ -62,8 +61,6 @@ def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict
               "win_rate": metrics[main_run].get("win_rate_vs_pretrained"),
               "config": dataclasses.asdict(cfg),  # the command line's; each run's below
               "run_configs": {n: dataclasses.asdict(c) for n, c in run_cfgs.items()}}
-    if "control" in metrics:
-        result["control"] = metrics["control"]
     md = summary_md(metrics, curves, run_cfgs, weights, n_labels, cfg, main_run, seconds,
                     clock.seconds)
     write_metrics(out, result, md)
@@ -101,12 +98,6 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
                      f"{100 * m['shape_fit']['exact']:.1f}% | {m['diversity']:.2f} | "
                      f"{pct(m.get('win_rate_vs_pretrained'))} | "
                      f"{pct(m.get('win_rate_vs_control'))} |")
-    groups = [f"{s}/{c}" for s in ("seen", "unseen") for c in CATEGORIES]
-    lines += ["", "Seen/unseen per category:", "", "| model | " + " | ".join(groups) + " |",
-              "|---|" + "---|" * len(groups)]
-    for name, m in metrics.items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * m['alignment'][g]['mean']:.1f}"
-                                                 for g in groups) + " |")
     lines += ["", "Every round (round 0: the pretrained model). Reward: mean r_phi of stage 2's "
               "reward on the evaluation samples; count per number: good / asked (bad ones with "
               "a malformed blob):", "",
