@@ -258,8 +258,7 @@ def finetune(folder: Path, run: Run, cfg: FinetuneConfig, start, inputs: Inputs,
 
 # ----------------------------------------------------------------------------- rounds
 class Clock:
-    """Wall-clock seconds of stage 3's phases, added up over runs and rounds: where the time
-    goes (metrics.json, summary.md)."""
+    """Where stage 3's time goes: seconds per phase, summed over runs and rounds."""
 
     def __init__(self):
         self.seconds, self.last = {}, time.time()

@@ -79,6 +79,8 @@ def test_dpm_solver_2m_starts_as_ddim_and_converges_at_second_order():
     assert 0.4 < err["ddim", 40] / err["ddim", 20] < 0.6  # first order: error ~ 1 / steps
     assert err["dpm++2m", 40] < err["dpm++2m", 20] / 4  # second order: ~ 1 / steps^2 or better
     assert err["dpm++2m", 40] < err["ddim", 40] / 4
+    with pytest.raises(ValueError, match="solver must be ddim or dpm\\+\\+2m, not 'dpm'"):
+        sample(model, ["a circle"], [0], solver="dpm")
 
 
 def test_sampling_is_reproducible_per_seed_whatever_the_batch():

@@ -101,6 +101,8 @@ def sample(model, prompts: list[str], sample_seeds: list[int], num_inference_ste
     (prompt, seed) -> same image, whatever the batch."""
     if len(prompts) != len(sample_seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(sample_seeds)} seeds")
+    if solver not in ("ddim", "dpm++2m"):
+        raise ValueError(f"solver must be ddim or dpm++2m, not {solver!r}")
     model.eval()
     device = next(model.parameters()).device
     res = model.cfg.resolution

@@ -6,8 +6,7 @@ the batch from D_model, weighted by the reward, and half from D_pre (the same we
 corpus.WebCorpus), weighted by beta. The schedule, AdamW, gradient clipping, EMA, loss curve,
 timed atomic checkpoints and exact resume live here once, and so does the speed: a step that
 never waits on the GPU, DDP under torchrun (distributed.py), and opt-in bf16 autocast and
-torch.compile (no preset uses them: neither paid enough, docs/results.md; kept for GPU
-experiments).
+torch.compile (no preset uses them: neither paid, docs/results.md; kept for GPU experiments).
 """
 import dataclasses
 import math
