@@ -65,7 +65,7 @@ class FinetuneConfig(LoopConfig):
     out_dir: str = "runs/finetune"  # run folder: one sub-folder per run, summary.md, grids
     runs: str = "feedback,control,gold"  # fine-tuning runs, comma-separated (RUNS in finetune.py)
     rounds: int = 2  # rounds of feedback, each on fresh samples of the current model (1: paper)
-    model_t_min: int = 500  # own samples teach timesteps >= this only (0: every t, the paper)
+    model_t_min: int = 650  # own samples teach timesteps >= this only (0: every t, the paper)
     anchor: float = 0.0  # lambda: weight of the KL anchor to the pretrained model (0: off)
     labels_per_round: int = 500  # new labels by stage 1's labeler in each round after the first
     unlabeled_per_category: int = 1000  # own samples per category and round (paper: 16K in all)
