@@ -12,6 +12,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_gpu_preset  # noqa: E402
 import bench_judge  # noqa: E402
 import bench_loss  # noqa: E402
+import bench_sampler  # noqa: E402
 import compare_runs  # noqa: E402
 import count_breakdown  # noqa: E402
 import d_model_weights  # noqa: E402
@@ -26,6 +27,16 @@ def test_count_breakdown(smoke_run, capsys):
                           "--samples_per_prompt", "1", "--steps", "3"])
     out = capsys.readouterr().out
     assert out.count("(count ") == 2 and "bad with a malformed blob" in out
+
+
+def test_bench_sampler_judges_each_solver_against_the_first(smoke_run, tmp_path):
+    ckpt = str(smoke_run / "unet" / "ckpt.pt")
+    bench_sampler.main([ckpt, "--samplers", "ddim:4,dpm++2m:3", "--per_prompt", "1",
+                        "--out", str(tmp_path / "s.json")])
+    rows = json.loads((tmp_path / "s.json").read_text())["results"][ckpt]
+    assert list(rows) == ["ddim:4", "dpm++2m:3"]
+    assert rows["ddim:4"]["verdicts_as_reference"] == 1.0  # the reference agrees with itself
+    assert 0 <= rows["dpm++2m:3"]["overall"] <= 100 and "well_formed" in rows["dpm++2m:3"]
 
 
 def test_stage3_seeds_launches_arms_and_writes_what_the_table_prints(smoke_run, tmp_path, capsys):
