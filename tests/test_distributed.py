@@ -58,13 +58,18 @@ def test_stage0_two_processes_equal_one_and_resume_exactly(tmp_path):
 
 def test_stage3_rounds_under_torchrun_equal_one_process(smoke_run, tmp_path):
     """Two rounds of `feedback`: rank 0 samples, labels and trains the reward between them, the
-    other rank reads what it wrote."""
+    other rank reads what it wrote. Round 2 samples round 1's model, whose weights differ in
+    float order between one and two processes, so a pixel of its samples can differ too and
+    round 2 then trains on other data: at the default cut (650) that moves one weight just past
+    the float-order tolerance. The cut does not touch the DDP mechanics tested here, so the test
+    runs at 500, where the weights stay within it."""
     for n in (1, 2):
         shutil.copytree(smoke_run / "feedback", tmp_path / f"fb{n}")
         launch("finetune.py", ["--preset", "smoke", "--unet_dir", str(smoke_run / "unet"),
                                "--reward_dir", str(smoke_run / "reward"),
                                "--feedback_dir", str(tmp_path / f"fb{n}"), "--runs",
-                               "feedback", "--out_dir", str(tmp_path / f"ft{n}")], n)
+                               "feedback", "--model_t_min", "500",
+                               "--out_dir", str(tmp_path / f"ft{n}")], n)
     for run in ("feedback/round1", "feedback/round2"):
         assert_close(load(tmp_path / "ft1" / run / "ckpt.pt"),
                      load(tmp_path / "ft2" / run / "ckpt.pt"))
