@@ -149,7 +149,7 @@ def main(argv=None):
 
 def summary_md(cfg: RewardConfig, metrics: dict, results: dict, n_heldout: int) -> str:
     cell = lambda v: "-" if v is None else f"{100 * v:.1f}%"
-    table = "| scorer | pairwise acc. seen | unseen | acc@0.5 seen | unseen |\n|---|---|---|---|---|\n"
+    table = "| scorer | pairwise acc. seen | unseen | acc@0.5 seen | unseen |\n" + "|---" * 5 + "|\n"
     for name, r in results.items():
         table += (f"| {name} | {cell(r['seen']['pairwise_accuracy'])} | "
                   f"{cell(r['unseen']['pairwise_accuracy'])} | {cell(r['seen']['accuracy'])} | "
