@@ -23,10 +23,11 @@
    judge (report.py writes the tables, grids and plots). --evaluation val draws other seeds of
    the same prompts: choose settings there, report on the default (test) seeds.
 
-    python finetune.py                                   # after train_reward.py
+    python finetune.py                                   # after train_reward.py: feedback, control
+    python finetune.py --runs feedback,control,gold --best_of_n 4  # + a perfect reward, best-of-4
     python finetune.py --runs paper,control --rounds 1   # the paper's method and its control
     python finetune.py --runs labeled_only,labeled_unlabeled_beta0,paper,beta1 --rounds 1 \\
-        --steps 750 --eval_samples_per_prompt 8 --best_of_n 1 --out_dir runs/ablation  # Table 3
+        --steps 750 --eval_samples_per_prompt 8 --out_dir runs/ablation  # Table 3
     torchrun --standalone --nproc_per_node 8 finetune.py --preset gpu  # 8 GPUs (DDP): rank 0
         samples, labels, evaluates and writes; every rank trains on its share of each batch
 """
@@ -63,7 +64,7 @@ class FinetuneConfig(LoopConfig):
     reward_dir: str = "runs/reward"  # stage 2 run folder (reward.pt, clip.pt)
     feedback_dir: str = "data/feedback"  # stage 1 feedback sets; unlabeled samples go here too
     out_dir: str = "runs/finetune"  # run folder: one sub-folder per run, summary.md, grids
-    runs: str = "feedback,control,gold"  # fine-tuning runs, comma-separated (RUNS in finetune.py)
+    runs: str = "feedback,control"  # fine-tuning runs, comma-separated (RUNS in finetune.py)
     rounds: int = 2  # rounds of feedback, each on fresh samples of the current model (1: paper)
     model_t_min: int = 650  # own samples teach timesteps >= this only (0: every t, the paper)
     anchor: float = 0.0  # lambda: weight of the KL anchor to the pretrained model (0: off)
@@ -80,10 +81,10 @@ class FinetuneConfig(LoopConfig):
     ema_decay: float = 0.995  # EMA of the fine-tuned weights (starts at the pretrained EMA)
     p_uncond: float = 0.1  # caption dropout on every row, as in pretraining (guidance needs it)
     guidance_scale: float = 3.0  # sampling for the unlabeled set and the evaluation
-    num_inference_steps: int = 25  # DDIM steps
+    num_inference_steps: int = 15  # DPM-Solver++(2M) steps
     evaluation: str = "test"  # seeds of the evaluation: test (reported) or val (to choose settings)
     eval_samples_per_prompt: int = 16  # samples per fixed evaluation prompt (88 prompts)
-    best_of_n: int = 4  # best-of-n baseline: n samples of the pretrained model, keep the best
+    best_of_n: int = 1  # best-of-n baseline: keep the best of n pretrained samples (1: off)
     fd_net_steps: int = 600  # training steps of the FD feature network (cached in runs/fd)
     loss_backend: str = "auto"  # Eq. 2's weighted MSE: auto, torch or cuda (fused kernel)
     device: str = "auto"  # auto, cpu or cuda

@@ -43,7 +43,7 @@ class RewardConfig(RewardTrainConfig):
     labeler: str = "judge"  # judge: the procedural labeler; human: you, in a browser
     port: int = 8765  # port of the labeling page (--labeler human)
     guidance_scale: float = 3.0  # sampling the feedback images, as stage 0 evaluates
-    num_inference_steps: int = 25  # DDIM steps for the feedback images
+    num_inference_steps: int = 15  # DPM-Solver++(2M) steps for the feedback images
     clip_steps: int = 1500  # CLIP training steps on the web corpus
     clip_batch: int = 256  # CLIP batch size (in-batch negatives)
     clip_lr: float = 2e-3  # CLIP peak learning rate

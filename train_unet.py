@@ -44,7 +44,7 @@ class TrainConfig(ModelConfig, CaptionNoise, LoopConfig):
     corpus_size: int = 500_000  # examples in the fixed web corpus (example i is always the same)
     corpus_seed: int = 0  # which web corpus
     guidance_scale: float = 3.0  # classifier-free guidance scale when sampling
-    num_inference_steps: int = 25  # DDIM steps when sampling
+    num_inference_steps: int = 15  # DPM-Solver++(2M) steps when sampling
     eval_samples_per_prompt: int = 16  # samples per fixed evaluation prompt (88 prompts)
     device: str = "auto"  # auto, cpu or cuda
     threads: int = 0  # torch CPU threads (0: torch's default)

@@ -49,7 +49,7 @@ class GaussianEps(nn.Module):
 def test_samplers_reproduce_a_gaussian(eta, steps):
     model = GaussianEps(mu=0.3, std=0.2)
     x = sample(model, ["a circle"] * 32, list(range(32)), num_inference_steps=steps,
-               guidance_scale=1.0, eta=eta)  # (32, 3, 16, 16): 24k draws
+               guidance_scale=1.0, eta=eta, solver="ddim")  # (32, 3, 16, 16): 24k draws
     assert abs(x.mean().item() - 0.3) < 0.005
     assert abs(x.std().item() - 0.2) < 0.005
 
@@ -58,7 +58,8 @@ def test_ddim_error_shrinks_with_more_steps():
     """Deterministic DDIM is a first-order ODE solver: too few steps shrink the variance."""
     model = GaussianEps(mu=0.3, std=0.2)
     err = [abs(sample(model, ["a circle"] * 8, list(range(8)), num_inference_steps=n,
-                      guidance_scale=1.0).std().item() - 0.2) for n in (25, 100, 400)]
+                      guidance_scale=1.0, solver="ddim").std().item() - 0.2)
+           for n in (25, 100, 400)]
     assert err[0] > err[1] > err[2]
 
 
@@ -81,6 +82,8 @@ def test_dpm_solver_2m_starts_as_ddim_and_converges_at_second_order():
     assert err["dpm++2m", 40] < err["ddim", 40] / 4
     with pytest.raises(ValueError, match="solver must be ddim or dpm\\+\\+2m, not 'dpm'"):
         sample(model, ["a circle"], [0], solver="dpm")
+    with pytest.raises(ValueError, match="eta > 0 \\(stochastic sampling\\) needs solver='ddim'"):
+        sample(model, ["a circle"], [0], eta=1.0)
 
 
 def test_sampling_is_reproducible_per_seed_whatever_the_batch():
@@ -130,12 +133,12 @@ def test_a_stochastic_sample_does_not_depend_on_its_batch():
     torch.manual_seed(0)
     model = TextToImage(TINY)
     prompts, sample_seeds = ["a red circle", "two squares", "a circle"], [5, 6, 7]
-    together = sample(model, prompts, sample_seeds, num_inference_steps=4, eta=eta)
+    ddpm = dict(num_inference_steps=4, eta=eta, solver="ddim")
+    together = sample(model, prompts, sample_seeds, **ddpm)
     for i in range(3):
-        alone = sample(model, prompts[i:i + 1], sample_seeds[i:i + 1], num_inference_steps=4,
-                       eta=eta)
+        alone = sample(model, prompts[i:i + 1], sample_seeds[i:i + 1], **ddpm)
         assert torch.equal(alone[0], together[i])
-    split = sample(model, prompts, sample_seeds, num_inference_steps=4, eta=eta, batch_size=2)
+    split = sample(model, prompts, sample_seeds, batch_size=2, **ddpm)
     assert torch.equal(split, together)
 
 

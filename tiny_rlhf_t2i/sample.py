@@ -22,7 +22,7 @@ def main(argv=None):
     ap.add_argument("--ckpt", default="runs/unet/ckpt.pt", help="checkpoint of any stage")
     ap.add_argument("--n", type=int, default=16, help="number of images")
     ap.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance")
-    ap.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    ap.add_argument("--steps", type=int, default=15, help="DPM-Solver++(2M) steps")
     ap.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     ap.add_argument("--out", default="runs/samples", help="output folder")
     args = ap.parse_args(argv)
