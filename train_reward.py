@@ -123,6 +123,7 @@ def main(argv=None):
 
     # ---- Stage 2: the reward model on our CLIP, with and without prompt classification.
     clip = clip_model(cfg, out, images.shape[1], device)
+    clip_s = time.time() - t0 - sample_s  # 0 when clip.pt was there already
     h_prompts = [r["prompt"] for r in h_rows]
     scorers = {"clip_score": clip.score(h_images, h_prompts).detach().cpu()}
     for name, lam in (("reward_no_pc", 0.0), ("reward", cfg.lam)):
@@ -142,7 +143,7 @@ def main(argv=None):
         **{k: {name: {split: results[name][split][k] for split in ("seen", "unseen")}
                for name in results} for k in ("pairwise_accuracy", "accuracy")},
         "seconds": round(time.time() - t0), "sampling_seconds": round(sample_s),
-        "config": dataclasses.asdict(cfg)}
+        "clip_seconds": round(clip_s), "config": dataclasses.asdict(cfg)}
     write_metrics(out, metrics, summary_md(cfg, metrics, results, len(h_rows)))
     print((out / "summary.md").read_text())
 

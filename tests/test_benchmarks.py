@@ -16,6 +16,7 @@ import bench_sampler  # noqa: E402
 import compare_runs  # noqa: E402
 import count_breakdown  # noqa: E402
 import d_model_weights  # noqa: E402
+import pipeline_times  # noqa: E402
 import reward_breakdown  # noqa: E402
 import reward_seeds  # noqa: E402
 import stage3_seeds  # noqa: E402
@@ -149,3 +150,18 @@ def test_d_model_weights(smoke_run, capsys):
         1 for _ in open(fb / "unlabeled" / "samples.jsonl"))
     assert out.startswith(f"{n} images; mean reward: good ") and f"| all | {n} | " in out
     assert "| count/2 | " in out
+
+
+def test_pipeline_times_adds_up_what_the_stages_wrote(smoke_run, tmp_path, capsys):
+    pipeline_times.main(["--unet", str(smoke_run / "unet"), "--reward", str(smoke_run / "reward"),
+                         "--finetune", str(smoke_run / "finetune"), "--install_seconds", "30",
+                         "--out", str(tmp_path / "t.json")])
+    t = json.loads((tmp_path / "t.json").read_text())
+    stages = t["stages"]
+    assert stages["install"]["seconds"] == 30 and t["commit"] and t["machine"]
+    for s in stages.values():  # the phases of a stage add up to it (each rounded to a second)
+        if s["phases"]:
+            assert abs(sum(s["phases"].values()) - s["seconds"]) <= len(s["phases"])
+    assert t["total_minutes"] == round(sum(s["seconds"] for s in stages.values()) / 60, 1)
+    assert stages["stage 3 (finetune.py)"]["runs"] == "feedback,control"
+    assert "| total | |" in capsys.readouterr().out

@@ -1,6 +1,7 @@
-"""Diffusion: the noise schedule, `add_noise`, DDIM/DDPM sampling with classifier-free
-guidance, and the EMA of the weights. Names follow diffusers' schedulers. The training loss is
-in losses.py (Eq. 2) and train_loop.py (`step_loss`).
+"""Diffusion: the noise schedule, `add_noise`, DPM-Solver++(2M) (every stage's sampler) and
+DDIM/DDPM sampling with classifier-free guidance, and the EMA of the weights. Names follow
+diffusers' schedulers. The training loss is in losses.py (Eq. 2) and train_loop.py
+(`step_loss`).
 
 Notation (Ho et al. 2020): alphas_cumprod[t] = abar_t, x_t = sqrt(abar_t) x_0 + sqrt(1-abar_t) eps.
 """
