@@ -41,15 +41,6 @@ def weighted_mse(eps_hat: torch.Tensor, eps: torch.Tensor, w: torch.Tensor) -> t
     return (w.float() * per_sample).sum() / eps_hat.shape[0]  # ()
 
 
-def min_snr_weights(abar: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weighting (Hang et al. 2023, Eq. 13 written for noise prediction):
-    min(SNR_t, gamma) / SNR_t with SNR_t = abar_t / (1 - abar_t). abar: (B,) -> (B,). The
-    low-noise steps (large SNR), where the noise is easy to predict but its gradients fight
-    the high-noise steps', weigh gamma / SNR_t < 1; every step with SNR_t <= gamma weighs 1."""
-    snr = abar / (1 - abar)
-    return snr.clamp(max=gamma) / snr
-
-
 def eq2_weights(rewards: torch.Tensor, n_pre: int, beta: float) -> torch.Tensor:
     """Per-sample weights of a batch [D_model half; D_pre half]: the rewards, then beta.
     Rewards are clamped at 0: a negative weight would *maximize* the likelihood of bad images."""

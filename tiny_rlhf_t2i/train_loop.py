@@ -22,7 +22,7 @@ from . import distributed, seeds
 from .config import ConfigError, UserError, check_range
 from .diffusion import EMA, Scheduler
 from .files import load_checkpoint, load_weights, save_checkpoint
-from .losses import anchor_loss, finetune_loss, min_snr_weights, weighted_mse
+from .losses import anchor_loss, finetune_loss, weighted_mse
 from .text import NULL_IDS
 
 
@@ -37,7 +37,6 @@ class LoopConfig:
     min_lr_frac: float = 0.0  # the cosine decay ends at lr * min_lr_frac
     weight_decay: float = 0.0  # AdamW weight decay
     ema_decay: float = 0.999  # EMA of the weights; the EMA model is the one that samples
-    min_snr_gamma: float = 0.0  # min-SNR-gamma loss weighting (losses.min_snr_weights; 0: off)
     ckpt_every_s: float = 300.0  # seconds between checkpoints (and one at the end)
     stop_after: int = 0  # stop with a checkpoint after this many steps (0: run to the end)
     resume: bool = False  # continue from the run's checkpoint exactly where it stopped
@@ -46,7 +45,7 @@ class LoopConfig:
 
     def __post_init__(self):
         check_range(self, "steps batch_size", 1)
-        check_range(self, "warmup_steps stop_after weight_decay ckpt_every_s min_snr_gamma", 0)
+        check_range(self, "warmup_steps stop_after weight_decay ckpt_every_s", 0)
         check_range(self, "lr", 0, 1, open_lo=True)
         check_range(self, "min_lr_frac", 0, 1)
         check_range(self, "ema_decay", 0, 1, open_hi=True)
@@ -113,7 +112,7 @@ def drop_captions(ids: torch.Tensor, rng: np.random.Generator, p_uncond: float) 
 
 # ----------------------------------------------------------------------------- the loop
 def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, mse,
-              anchor: Anchor | None = None, min_snr_gamma: float = 0.0) -> torch.Tensor:
+              anchor: Anchor | None = None) -> torch.Tensor:
     """Eq. 2 on one batch: noise every image at a random timestep, predict the noise, weight.
 
     With batch.model_t_min > 0 the D_model rows' timesteps are drawn from [model_t_min, T):
@@ -125,8 +124,7 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
 
     With an anchor, the D_model rows also pay lambda * anchor_loss against the frozen
     pretrained model's prediction at the same noisy input: one more forward pass (no backward)
-    on those rows. With min_snr_gamma > 0 every row's weight is also scaled by its timestep's
-    min-SNR weight (losses.min_snr_weights).
+    on those rows.
 
     Under torchrun the noise is drawn for the whole batch and each process keeps its rows."""
     x0, ids, weights, n_model = batch.x0, batch.ids, batch.weights, batch.n_model
@@ -140,8 +138,6 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
         rows = batch.rows(rank, world)
         t, noise, ids, weights = t[rows], noise[rows], ids[rows], weights[rows]
         x0, n_model = x0[rows.to(x0.device)], n_model // world
-    if min_snr_gamma:
-        weights = weights * min_snr_weights(scheduler.alphas_cumprod[t], min_snr_gamma)
     t, noise, ids = (to_device(v, x0.device) for v in (t, noise, ids))
     x_t = scheduler.add_noise(x0, noise, t)  # (B, 3, H, W)
     eps_hat = model(x_t, t, ids)  # (B, 3, H, W)
@@ -211,7 +207,7 @@ def train(model, cfg: LoopConfig, make_batch: Callable[[int], Batch], ckpt_path,
             batch = make_batch(step)
             with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
                 loss = step_loss(net, scheduler, batch, seeds.step_noise(cfg.seed, step), mse,
-                                 anchor, cfg.min_snr_gamma)
+                                 anchor)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
