@@ -98,7 +98,7 @@ def sample(model, prompts: list[str], sample_seeds: list[int], num_inference_ste
            guidance_scale: float = 3.0, eta: float = 0.0, batch_size: int = 256,
            solver: str = "dpm++2m"):
     """Text -> images in [-1, 1], (B, 3, H, W). solver "dpm++2m" (every stage's sampler):
-    DPM-Solver++(2M) (`Scheduler.step_2m`), as good at 15 steps as DDIM at 25; "ddim": eta=0 is
+    DPM-Solver++(2M) (`Scheduler.step_2m`), second order: fewer steps than DDIM; "ddim": eta=0 is
     DDIM, eta=1 with num_inference_steps=1000 is DDPM. Same (prompt, seed) -> same image,
     whatever the batch."""
     if len(prompts) != len(sample_seeds):
