@@ -2,7 +2,8 @@
 metrics.json every stage writes.
 
     python train_unet.py && python train_reward.py && python finetune.py   # the first command
-    python benchmarks/pipeline_times.py --install_seconds 40 --out benchmarks/results/cpu_pipeline_times.json
+    python benchmarks/pipeline_times.py --install_seconds 40 \
+        --out benchmarks/results/cpu_pipeline_times.json
 
 Stage 0's training time includes building the web corpus table unless its corpus.pt was there
 already, and stage 2's CLIP time is about 0 when clip.pt was: a fresh machine's total needs
@@ -28,6 +29,7 @@ def _metrics(folder: Path) -> dict:
 def times(unet: Path, reward: Path, finetune: Path, install_s: float) -> dict:
     """{stage: {"seconds", "phases": {phase: seconds}}} plus the total."""
     u, r, f = _metrics(unet), _metrics(reward), _metrics(finetune)
+    clip_s = r.get("clip_seconds", 0)  # absent in runs from before it was recorded
     stages = {
         "install": {"seconds": install_s, "phases": {}},
         "stage 0 (train_unet.py)": {
@@ -37,9 +39,9 @@ def times(unet: Path, reward: Path, finetune: Path, install_s: float) -> dict:
         "stages 1-2 (train_reward.py)": {
             "seconds": r["seconds"],
             "phases": {"feedback samples + labels": r["sampling_seconds"],
-                       "CLIP": r.get("clip_seconds", 0),
+                       "CLIP": clip_s,
                        "two reward models + measurement":
-                           r["seconds"] - r["sampling_seconds"] - r.get("clip_seconds", 0)}},
+                           r["seconds"] - r["sampling_seconds"] - clip_s}},
         "stage 3 (finetune.py)": {
             "seconds": f["seconds"], "runs": f["config"]["runs"],
             "phases": {k: round(v) for k, v in f["phase_seconds"].items()}},
