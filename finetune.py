@@ -129,8 +129,6 @@ RUNS = {
     # Own samples teach every timestep and the KL anchor holds the model near the pretrained one
     # (DPOK's regularizer) instead of the timestep cut, weighted per step as the exact KL.
     "anchor_kl": Run("reward", settings=dict(model_t_min=0, anchor=1.0)),
-    "anchor_low1": Run("reward", settings=dict(anchor=1.0)),  # TEMP experiment
-    "anchor_low10": Run("reward", settings=dict(anchor=10.0)),  # TEMP experiment
     # The paper's Table 3: labeled only; + unlabeled; + pretraining loss (= paper); beta.
     "labeled_only": Run("reward", unlabeled=False, settings=dict(beta=0.0)),
     "labeled_unlabeled_beta0": Run("reward", settings=dict(beta=0.0)),

@@ -123,10 +123,8 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
     so the soft shapes of the model's own samples are not reinforced.
 
     With an anchor, the D_model rows also pay lambda * anchor_loss against the frozen
-    pretrained model's prediction (one more forward pass, no backward, of the frozen model).
-    Under the cut the anchor covers the timesteps the cut leaves to D_pre, [0, model_t_min): the
-    same own samples noised again there, as extra rows of the one forward pass (so the step
-    costs about half as much again); without the cut it reuses the Eq. 2 rows at their own t.
+    pretrained model's prediction at the same noisy input: one more forward pass (no backward)
+    on those rows.
 
     Under torchrun the noise is drawn for the whole batch and each process keeps its rows."""
     x0, ids, weights, n_model = batch.x0, batch.ids, batch.weights, batch.n_model
@@ -135,36 +133,21 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
     noise = torch.randn(x0.shape, generator=gen)  # (B, 3, H, W), drawn on the CPU: any device
     if batch.model_t_min and n_model:  # drawn last: with 0 the stream is unchanged
         t[:n_model] = torch.randint(batch.model_t_min, T, (n_model,), generator=gen)
-    anchored = anchor is not None and anchor.weight and n_model
-    below_cut = anchored and batch.model_t_min
-    if below_cut:  # the anchor's own rows: D_model again, below the cut
-        t_low = torch.randint(0, batch.model_t_min, (n_model,), generator=gen)  # (n_model,)
-        noise_low = torch.randn((n_model, *x0.shape[1:]), generator=gen)  # (n_model, 3, H, W)
     rank, world = distributed.rank_world()
     if world > 1:  # this process's share of the rows
         rows = batch.rows(rank, world)
         t, noise, ids, weights = t[rows], noise[rows], ids[rows], weights[rows]
         x0, n_model = x0[rows.to(x0.device)], n_model // world
-        if below_cut:
-            t_low, noise_low = t_low[rows[:n_model]], noise_low[rows[:n_model]]
     t, noise, ids = (to_device(v, x0.device) for v in (t, noise, ids))
     x_t = scheduler.add_noise(x0, noise, t)  # (B, 3, H, W)
-    m = slice(0, n_model)  # the D_model rows
-    if below_cut:
-        t_low, noise_low = to_device(t_low, x0.device), to_device(noise_low, x0.device)
-        x_low = scheduler.add_noise(x0[m], noise_low, t_low)  # (n_model, 3, H, W)
-        out = model(torch.cat([x_t, x_low]), torch.cat([t, t_low]), torch.cat([ids, ids[m]]))
-        eps_hat, eps_anchor = out[:len(x_t)], out[len(x_t):]  # (B, ...), (n_model, ...)
-        x_a, t_a = x_low, t_low
-    else:
-        eps_hat = model(x_t, t, ids)  # (B, 3, H, W)
-        eps_anchor, x_a, t_a = eps_hat[m], x_t[m], t[m]
+    eps_hat = model(x_t, t, ids)  # (B, 3, H, W)
     loss = finetune_loss(eps_hat, noise, to_device(weights, x0.device), n_model, mse)
-    if anchored:
+    if anchor is not None and anchor.weight and n_model:
+        m = slice(0, n_model)  # the D_model rows
         with torch.no_grad():
-            eps_pre = anchor.model(x_a, t_a, ids[m])  # (n_model, 3, H, W)
-        a_t = anchor.step_weights.to(x0.device)[t_a]  # (n_model,)
-        loss = loss + anchor.weight * anchor_loss(eps_anchor, eps_pre, a_t)
+            eps_pre = anchor.model(x_t[m], t[m], ids[m])  # (n_model, 3, H, W)
+        a_t = anchor.step_weights.to(x0.device)[t[m]]  # (n_model,)
+        loss = loss + anchor.weight * anchor_loss(eps_hat[m], eps_pre, a_t)
     return loss
 
 
