@@ -18,6 +18,7 @@ import count_breakdown  # noqa: E402
 import d_model_weights  # noqa: E402
 import pipeline_times  # noqa: E402
 import reward_breakdown  # noqa: E402
+import reward_last_block  # noqa: E402
 import reward_seeds  # noqa: E402
 import stage3_seeds  # noqa: E402
 
@@ -85,6 +86,23 @@ def test_reward_seeds(smoke_run, capsys):
                        "--feedback_dir", str(smoke_run / "feedback"), "--reward_steps", "3"])
     out = capsys.readouterr().out
     assert "| - | clip_score |" in out and "| ensemble of 2 | reward |" in out
+
+
+def test_reward_last_block_trains_only_what_it_names(smoke_run, tmp_path, capsys):
+    from tiny_rlhf_t2i.reward import RewardModel, load_stage2
+    clip, _ = load_stage2(smoke_run / "reward", "python train_reward.py --preset smoke")
+    model = reward_last_block.LastBlockOnly(clip)
+    assert all(p.requires_grad for p in model.image.head.parameters())
+    assert not any(p.requires_grad for p in model.image.convs.parameters())
+    assert not any(p.requires_grad for p in model.text.parameters())
+    out = tmp_path / "rlb.json"
+    reward_last_block.main(["--seeds", "0", "--reward_dir", str(smoke_run / "reward"),
+                            "--feedback_dir", str(smoke_run / "feedback"), "--reward_steps", "3",
+                            "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [r["tower"] for r in rows] == ["frozen", "last_block", "all"]
+    assert "| last_block | mean |" in capsys.readouterr().out
+    assert reward_last_block.reward.RewardModel is RewardModel  # put back after each run
 
 
 def test_bench_gpu_preset_on_the_cpu(tmp_path):
