@@ -3,7 +3,8 @@
     python benchmarks/count_breakdown.py runs/unet/ckpt.pt runs/finetune/gold/round2/ckpt.pt
 
 Uses the evaluation's own count prompts, seeds and sampler (evaluate.eval_records, 16 samples per
-prompt, 25 DDIM steps, guidance 3), so its totals equal the `count` row of the reports. Prints,
+prompt, DPM-Solver++(2M) at 15 steps, guidance 3), so its totals equal the `count` row of the
+reports. Prints,
 per checkpoint, good / asked for each number, how many of the bad ones hold a malformed blob,
 and the most common ways the bad ones failed.
 """
@@ -23,7 +24,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpts", nargs="+", type=Path, help="checkpoints (ckpt.pt) to compare")
     parser.add_argument("--samples_per_prompt", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps (the evaluation's)")
+    parser.add_argument("--steps", type=int, default=15, help="sampler steps (the evaluation's)")
     args = parser.parse_args(argv)
     records = [r for r in eval_records(args.samples_per_prompt) if r["category"] == "count"]
     for path in args.ckpts:

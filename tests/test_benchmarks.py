@@ -21,6 +21,7 @@ import reward_breakdown  # noqa: E402
 import reward_last_block  # noqa: E402
 import reward_seeds  # noqa: E402
 import stage3_seeds  # noqa: E402
+import win_loss_breakdown  # noqa: E402
 
 
 def test_count_breakdown(smoke_run, capsys):
@@ -183,3 +184,17 @@ def test_pipeline_times_adds_up_what_the_stages_wrote(smoke_run, tmp_path, capsy
     assert t["total_minutes"] == round(sum(s["seconds"] for s in stages.values()) / 60, 1)
     assert stages["stage 3 (finetune.py)"]["runs"] == "feedback,control"
     assert "| total | |" in capsys.readouterr().out
+
+
+def test_win_loss_breakdown_of_a_copy_has_no_wins_or_losses(smoke_run, tmp_path, capsys):
+    import shutil
+    ckpt, copy = smoke_run / "unet" / "ckpt.pt", tmp_path / "copy.pt"
+    shutil.copy(ckpt, copy)
+    out = tmp_path / "wl.json"
+    win_loss_breakdown.main([str(ckpt), str(copy), "--samples_per_prompt", "1", "--steps", "2",
+                             "--out", str(out)])
+    before, after = json.loads(out.read_text())["results"].values()
+    assert sum(c["images"] for c in after["categories"].values()) == 88  # every eval prompt
+    assert all(c["wins"] == c["losses"] == 0 for c in after["categories"].values())
+    assert after["malformed_one_shape"] == before["malformed_one_shape"]
+    assert "color:" in capsys.readouterr().out
