@@ -7,7 +7,9 @@ Samples the evaluation's prompts and seeds with the evaluation's sampler (evalua
 and each later one, judges every image, and prints per category: wins (only the later image is
 aligned), losses (only the before one is), and how many of the losses hold a malformed blob;
 then the images holding a malformed blob on one-shape prompts ("a red circle") and on
-several-shape prompts, for every checkpoint. Same prompt and seed on both sides, as the
+several-shape prompts, for every checkpoint, and why the judge calls the one-shape prompts'
+blobs malformed (too large: objects joined; two parts: touching at a corner; mixed color; no
+shape's silhouette: in between shapes). Same prompt and seed on both sides, as the
 reports' wins : losses.
 """
 import argparse
@@ -20,15 +22,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from tiny_rlhf_t2i.evaluate import eval_records, generate, score  # noqa: E402
+from tiny_rlhf_t2i.judge import analyze  # noqa: E402
 from tiny_rlhf_t2i.unet import load_model  # noqa: E402
 from tiny_rlhf_t2i.world import parse  # noqa: E402
 
 
 def judged(path: Path, records, steps: int):
-    """(goods, reasons) of one checkpoint on the evaluation records."""
+    """(goods, reasons, why) of one checkpoint on the evaluation records; why: how often each
+    reason the judge gives for a malformed blob (judge.analyze) occurs on one-shape prompts."""
     model = load_model(path)[0].to(memory_format=torch.channels_last)  # as finetune.py samples
-    _, goods, reasons = score(generate(model, records, steps, 3.0), records)
-    return goods, reasons
+    images = generate(model, records, steps, 3.0)
+    _, goods, reasons = score(images, records)
+    why = collections.Counter(w for image, r in zip(images, records) if one_shape(r)
+                              for w in analyze(image)["malformed_why"])
+    return goods, reasons, dict(why)
+
+
+def one_shape(record) -> bool:
+    return (parse(record["prompt"]).count or 1) == 1
 
 
 def main(argv=None):
@@ -39,16 +50,18 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, help="write the counts as JSON here")
     args = parser.parse_args(argv)
     records = eval_records(args.samples_per_prompt)
-    one_shape = [(parse(r["prompt"]).count or 1) == 1 for r in records]
+    single = [one_shape(r) for r in records]
     results = {}
     before = judged(args.ckpts[0], records, args.steps)
     for path in args.ckpts:
-        goods, reasons = before if path == args.ckpts[0] else judged(path, records, args.steps)
+        goods, reasons, why = (before if path == args.ckpts[0]
+                               else judged(path, records, args.steps))
         malformed = ["malformed" in why for why in reasons]
-        row = {"malformed_one_shape": sum(m and o for m, o in zip(malformed, one_shape)),
-               "one_shape_images": sum(one_shape),
-               "malformed_several": sum(m and not o for m, o in zip(malformed, one_shape)),
-               "several_images": len(records) - sum(one_shape)}
+        row = {"malformed_one_shape": sum(m and o for m, o in zip(malformed, single)),
+               "one_shape_images": sum(single),
+               "malformed_several": sum(m and not o for m, o in zip(malformed, single)),
+               "several_images": len(records) - sum(single),
+               "one_shape_blobs_why": why}
         if path != args.ckpts[0]:
             per = collections.defaultdict(lambda: {"images": 0, "wins": 0, "losses": 0,
                                                    "losses_malformed": 0})
@@ -62,7 +75,7 @@ def main(argv=None):
         results[str(path)] = row
         print(f"{path}: malformed blobs on one-shape prompts {row['malformed_one_shape']}/"
               f"{row['one_shape_images']}, on several-shape prompts {row['malformed_several']}/"
-              f"{row['several_images']}")
+              f"{row['several_images']}; why the one-shape blobs are malformed: {why}")
         for cat, c in sorted(row.get("categories", {}).items()):
             print(f"    {cat}: {c['wins']} wins, {c['losses']} losses ({c['losses_malformed']} "
                   f"holding a malformed blob) of {c['images']}")

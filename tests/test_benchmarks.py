@@ -197,4 +197,5 @@ def test_win_loss_breakdown_of_a_copy_has_no_wins_or_losses(smoke_run, tmp_path,
     assert sum(c["images"] for c in after["categories"].values()) == 88  # every eval prompt
     assert all(c["wins"] == c["losses"] == 0 for c in after["categories"].values())
     assert after["malformed_one_shape"] == before["malformed_one_shape"]
+    assert after["one_shape_blobs_why"] == before["one_shape_blobs_why"]
     assert "color:" in capsys.readouterr().out

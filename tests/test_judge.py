@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tiny_rlhf_t2i.judge import connected_components, judge, well_formed
+from tiny_rlhf_t2i.judge import analyze, connected_components, judge, well_formed
 from tiny_rlhf_t2i.scenes import Scene, render, render_prompt
 from tiny_rlhf_t2i.selfcheck import selfcheck
 from tiny_rlhf_t2i.world import COLORS, PALETTE
@@ -36,6 +36,7 @@ def test_merged_shapes_are_malformed_not_counted():
     assert not judge(img, "two red circles")[0]
     assert not judge(img, "a red circle")[0]
     assert not well_formed(img)
+    assert len(analyze(img)["malformed_why"]) == 1  # one blob, whatever the reason
 
 
 def test_blurry_and_broken_shapes_are_malformed():
@@ -50,6 +51,7 @@ def test_blurry_and_broken_shapes_are_malformed():
     ys, xs = np.nonzero((img == COLORS["red"]).all(-1))
     half[ys[ys > ys.mean()], xs[ys > ys.mean()]] = COLORS["blue"]
     assert not judge(half, "a red square")[0] and not well_formed(half)
+    assert analyze(half)["malformed_why"] == ["mixed color"]
 
 
 def test_a_stray_pixel_is_ignored():
@@ -81,7 +83,7 @@ def test_two_squares_touching_at_a_corner_are_one_malformed_blob():
     for prompt in ("a diamond", "a red diamond", "two squares"):
         good, reason = judge(img, prompt)
         assert not good and "1 malformed blob" in reason, reason
-    assert not well_formed(img)
+    assert not well_formed(img) and analyze(img)["malformed_why"] == ["two parts"]
     img[8:12, 8:12] = PALETTE["gray"]  # one square alone is a clean square
     assert judge(img, "a red square")[0] and well_formed(img)
 

@@ -124,7 +124,7 @@ def analyze(image: np.ndarray) -> dict:
     parts = np.zeros(len(blobs), int)
     for part in connected_components(foreground, diagonal=False):
         parts[blob_of[part[0, 0], part[0, 1]]] += len(part) > speck
-    shapes, malformed = [], []  # shapes: list of (color, shape)
+    shapes, malformed, why = [], [], []  # shapes: list of (color, shape)
     for pixels, n_parts in zip(blobs, parts):
         if len(pixels) <= speck:
             continue
@@ -136,13 +136,16 @@ def analyze(image: np.ndarray) -> dict:
                  else None)
         if clean_color and shape:
             shapes.append((dominant, shape))
-        else:
+        else:  # and why, the first reason that applies
             malformed.append(len(pixels))
+            why.append("too large" if len(pixels) > hi else "too small" if len(pixels) < lo
+                       else "two parts" if n_parts > 1 else "mixed color" if not clean_color
+                       else "no shape's silhouette")
     # Every pixel that is not the background belongs to a blob, so a smear on the background is a
     # malformed blob (or an ignored speck): the background is clean when it is a background color.
     clean_bg = background in BACKGROUNDS
     return {"background": background, "clean_background": clean_bg, "shapes": shapes,
-            "malformed": malformed, "well_formed": clean_bg and not malformed and len(shapes) > 0,
+            "malformed": malformed, "malformed_why": why, "well_formed": clean_bg and not malformed and len(shapes) > 0,
             "side": side, "blobs": [pixels for pixels in blobs if len(pixels) > speck]}
 
 
