@@ -4,9 +4,8 @@
 
 Uses the evaluation's own count prompts, seeds and sampler (evaluate.eval_records, 16 samples per
 prompt, DPM-Solver++(2M) at 15 steps, guidance 3), so its totals equal the `count` row of the
-reports. Prints,
-per checkpoint, good / asked for each number, how many of the bad ones hold a malformed blob,
-and the most common ways the bad ones failed.
+reports. Prints, per checkpoint, good / asked for each number, how many of the bad ones hold a
+malformed blob, and the most common ways the bad ones failed.
 """
 import argparse
 import collections

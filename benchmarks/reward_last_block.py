@@ -1,7 +1,7 @@
 """Can the reward learn to see a malformed blob from its own labels? Its image tower's last
 block trained, against the paper's frozen tower, chosen on a validation split.
 
-    python benchmarks/reward_last_block.py --seeds 0,1,2      # ~8 min on 2 cores
+    python benchmarks/reward_last_block.py --seeds 0,1,2      # ~10 min on 2 cores
 
 The reward's image tower is our CLIP's: conv stages, then a last block (flatten of the 4x4 map
 and two linear layers) that makes the 64-dim embedding. Three ways to train the reward (Eq. 1,
