@@ -21,12 +21,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from tiny_rlhf_t2i import reward  # noqa: E402
 from tiny_rlhf_t2i.clip import Clip, ClipConfig  # noqa: E402
 from tiny_rlhf_t2i.evaluate import pairwise_accuracy  # noqa: E402
 from tiny_rlhf_t2i.feedback import load_feedback  # noqa: E402
+from stage3_seeds import machine  # noqa: E402
 from tiny_rlhf_t2i.files import load_checkpoint, pick_device  # noqa: E402
 
 
@@ -101,9 +103,9 @@ def main(argv=None):
         print("| %s | mean | %s |" % (variant, " | ".join(
             "%.1f" % np.mean([r[k] for r in rs]) for k in keys)))
     if args.out:
-        args.out.write_text(json.dumps({"command": "python benchmarks/reward_last_block.py "
-                                        + " ".join(argv or sys.argv[1:]), "results": results},
-                                       indent=1) + "\n")
+        where = {**machine(), "torch_threads_per_arm": torch.get_num_threads()}
+        args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), **where,
+                                        "results": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from stage3_seeds import machine  # noqa: E402
 from tiny_rlhf_t2i.evaluate import eval_records, generate, score  # noqa: E402
 from tiny_rlhf_t2i.judge import analyze  # noqa: E402
 from tiny_rlhf_t2i.unet import load_model  # noqa: E402
@@ -80,9 +81,9 @@ def main(argv=None):
             print(f"    {cat}: {c['wins']} wins, {c['losses']} losses ({c['losses_malformed']} "
                   f"holding a malformed blob) of {c['images']}")
     if args.out:
-        args.out.write_text(json.dumps({"command": "python benchmarks/win_loss_breakdown.py "
-                                        + " ".join(argv or sys.argv[1:]), "results": results},
-                                       indent=1) + "\n")
+        where = {**machine(), "torch_threads_per_arm": torch.get_num_threads()}
+        args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), **where,
+                                        "results": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -145,7 +145,8 @@ def analyze(image: np.ndarray) -> dict:
     # malformed blob (or an ignored speck): the background is clean when it is a background color.
     clean_bg = background in BACKGROUNDS
     return {"background": background, "clean_background": clean_bg, "shapes": shapes,
-            "malformed": malformed, "malformed_why": why, "well_formed": clean_bg and not malformed and len(shapes) > 0,
+            "malformed": malformed, "malformed_why": why,
+            "well_formed": clean_bg and not malformed and len(shapes) > 0,
             "side": side, "blobs": [pixels for pixels in blobs if len(pixels) > speck]}
 
 
