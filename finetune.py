@@ -19,9 +19,16 @@
    verdicts as weights: a perfect reward model, the ceiling of the method). `paper` is the
    paper's method as the paper has it: one offline round, every timestep, no balancing, no
    anchor.
-5. Evaluate every round of every run on the same prompts, seeds and sampler noise with the gold
-   judge (report.py writes the tables, grids and plots). --evaluation val draws other seeds of
-   the same prompts: choose settings there, report on the default (test) seeds.
+5. Keep the best round: after each round the model is sampled on held-out prompts the
+   evaluation does not hold, and a run keeps the round with the highest mean learned reward
+   there among those whose well-formed rate stays within --keep_tolerance of the pretrained
+   model's (evaluate.pick_round; round 0, the pretrained model, is always allowed). No label
+   and no evaluation prompt takes part in the choice. The control keeps its last round: it is
+   the same-compute reference, and the reward has nothing to choose among its rounds.
+6. Evaluate every round of every run on the same prompts, seeds and sampler noise with the gold
+   judge (report.py writes the tables, grids and plots; the kept round is each run's result).
+   --evaluation val draws other seeds of the same prompts: choose settings there, report on
+   the default (test) seeds.
 
     python finetune.py                                   # after train_reward.py: feedback, control
     python finetune.py --runs feedback,control,gold --best_of_n 4  # + a perfect reward, best-of-4
@@ -45,7 +52,7 @@ from tiny_rlhf_t2i import distributed, report, seeds
 from tiny_rlhf_t2i.config import check_range, parse_config, require, run
 from tiny_rlhf_t2i.corpus import WebCorpus
 from tiny_rlhf_t2i.diffusion import NUM_TRAIN_TIMESTEPS, Scheduler
-from tiny_rlhf_t2i.evaluate import Evaluator, generate
+from tiny_rlhf_t2i.evaluate import Evaluator, generate, pick_round
 from tiny_rlhf_t2i.feedback import (DModel, Feedback, collect, feedback_records, load_d_model,
                                     load_feedback, stack_images)
 from tiny_rlhf_t2i.files import atomic_write_text, check_writable, pick_device, save_checkpoint
@@ -84,6 +91,8 @@ class FinetuneConfig(LoopConfig):
     num_inference_steps: int = 15  # DPM-Solver++(2M) steps
     evaluation: str = "test"  # seeds of the evaluation: test (reported) or val (to choose settings)
     eval_samples_per_prompt: int = 16  # samples per fixed evaluation prompt (88 prompts)
+    heldout_samples_per_prompt: int = 4  # per held-out prompt (240), to choose the kept round
+    keep_tolerance: float = 0.015  # held-out well-formed a kept round may lose (0 to 1)
     best_of_n: int = 1  # best-of-n baseline: keep the best of n pretrained samples (1: off)
     fd_net_steps: int = 600  # training steps of the FD feature network (cached in runs/fd)
     loss_backend: str = "auto"  # Eq. 2's weighted MSE: auto, torch or cuda (fused kernel)
@@ -100,6 +109,7 @@ class FinetuneConfig(LoopConfig):
         check_range(self, "model_fraction", 0, 1, open_lo=True)
         check_range(self, "p_uncond", 0, 1, open_hi=True)
         check_range(self, "beta anchor unlabeled_per_category guidance_scale threads", 0)
+        check_range(self, "heldout_samples_per_prompt keep_tolerance", 0)
         check_range(self, "rounds", 1)
         check_range(self, "model_t_min", 0, NUM_TRAIN_TIMESTEPS, open_hi=True)
         check_range(self, "labels_per_round", 0, 4 * self.unlabeled_per_category)
@@ -142,7 +152,8 @@ PRESETS = {
                   feedback_dir="runs/smoke/feedback", out_dir="runs/smoke/finetune",
                   unlabeled_per_category=8, labels_per_round=8, steps=10, rounds=2,
                   batch_size=16, num_inference_steps=5,
-                  eval_samples_per_prompt=1, best_of_n=2, warmup_steps=2, fd_net_steps=30),
+                  eval_samples_per_prompt=1, heldout_samples_per_prompt=1, best_of_n=2,
+                  warmup_steps=2, fd_net_steps=30),
     "cpu": dict(),
     "gpu": dict(unet_dir="runs/gpu/unet", reward_dir="runs/gpu/reward",  # the cpu preset at 32 px
                 feedback_dir="data/feedback_gpu", out_dir="runs/gpu/finetune"),
@@ -271,16 +282,26 @@ class Clock:
         self.last = now
 
 
+@dataclasses.dataclass
+class RunResult:
+    """A run's rounds as rank 0 measured them, and the round it keeps (0: the pretrained model)."""
+    model: torch.nn.Module  # the kept round's EMA model
+    evals: list  # (metrics, goods, images) of round 1, 2, ...
+    kept: int  # evaluate.pick_round on `heldout`; the last round for the control or no signal
+    heldout: list  # the held-out signal of round 0 (pretrained), 1, 2, ... (or None)
+
+
 def run_rounds(name: str, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, device, mse,
-               evaluator: Evaluator | None, clock: Clock):
-    """The rounds of run `name` (one round: the paper's method), each evaluated by rank 0.
-    Round k lives in out_dir/name/round{k}: its samples, labels, reward, checkpoint and
-    evaluation. --stop_after counts the run's steps over all rounds. Returns (model, one
-    evaluation per round), or None if --stop_after stopped it."""
+               evaluator: Evaluator | None, pre_signal: dict | None, clock: Clock):
+    """The rounds of run `name` (one round: the paper's method), each evaluated by rank 0 and
+    measured on the held-out prompts. Round k lives in out_dir/name/round{k}: its samples,
+    labels, reward, checkpoint, evaluation and held-out signal. --stop_after counts the run's
+    steps over all rounds. Returns its RunResult, or None if --stop_after stopped it."""
     run = RUNS[name]
     cfg = run.config(cfg)
     per_round = cfg.steps // cfg.rounds
     model, reward, labels, evals = inputs.pretrained, inputs.reward, [inputs.stage1], []
+    models, signals = [model], [pre_signal]  # round 0 is the pretrained model
     for k in range(1, cfg.rounds + 1):
         folder = Path(cfg.out_dir) / name / f"round{k}"
         left = cfg.stop_after - (k - 1) * per_round  # steps left before --stop_after
@@ -307,8 +328,14 @@ def run_rounds(name: str, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, 
         if evaluator is not None:
             evals.append(evaluator.model(model, f"{name}/round{k}", folder / "eval.json",
                                          reuse=cfg.resume))
+            signals.append(evaluator.heldout(model, folder / "heldout.json", reuse=cfg.resume))
             clock.lap("evaluation")
-    return model, evals
+        models.append(model)
+    # The control is the same-compute reference of every round; the learned reward, which it
+    # neither trains on nor moves, has nothing to choose among its rounds.
+    chooses = run.weights is not None and None not in signals
+    kept = pick_round(signals, cfg.keep_tolerance) if chooses else cfg.rounds
+    return RunResult(models[kept], evals, kept, signals)
 
 
 def best_of_n(pretrained, reward, records: list[dict], first: np.ndarray,
@@ -345,12 +372,14 @@ def main(argv=None):
     inputs = load_inputs(cfg, device)
     clock.lap("loading")
 
-    # ---- The pretrained model's evaluation: rank 0 alone evaluates (and writes).
-    evaluator = before = None
+    # ---- The pretrained model's evaluation and held-out signal: rank 0 alone evaluates.
+    evaluator = before = pre_signal = None
     if distributed.is_main():
         evaluator = Evaluator.for_config(cfg, inputs.pretrained.cfg.resolution, inputs.reward)
         before = evaluator.model(inputs.pretrained, "pretrained", out / "pretrained_eval.json",
                                  reuse=cfg.resume)
+        pre_signal = evaluator.heldout(inputs.pretrained, out / "pretrained_heldout.json",
+                                       reuse=cfg.resume)
         clock.lap("evaluation")
 
     # ---- Round 1's D_model, then every run's rounds of Eq. 2, each round evaluated.
@@ -359,7 +388,8 @@ def main(argv=None):
     runs = {name: (RUNS[name], RUNS[name].config(cfg)) for name in cfg.runs.split(",")}
     results = {}
     for name in runs:
-        results[name] = run_rounds(name, inputs, d_model, cfg, device, mse, evaluator, clock)
+        results[name] = run_rounds(name, inputs, d_model, cfg, device, mse, evaluator,
+                                   pre_signal, clock)
         if results[name] is None:
             print(f"stopped by --stop_after in run {name}; the same command with --resume true "
                   f"goes on from there")

@@ -11,7 +11,8 @@ pretrained evaluation, and run at the committed defaults plus the arguments afte
 --device cuda, or --evaluation val to choose settings on the validation seeds).
 
 `table` reads every arm's per-round evaluations (ARM/<run>/round<k>/eval.json) and prints, per
-seed and as mean [min, max] over seeds, each arm's final alignment, well-formed and FD against
+seed and as mean [min, max] over seeds, each arm's alignment, well-formed and FD at the round
+it keeps (finetune.py's held-out choice, ARM/metrics.json; round 0 is the pretrained model) against
 the pretrained model and against the control of the same seed, the win / loss rates from the
 same per-image verdicts, the over-optimization curve (every round) and the count per number.
 With --out it writes the same numbers as JSON: for each seed, arm and round the groups'
@@ -71,7 +72,8 @@ def launch(root: Path, seeds: list[int], extra: list[str], labeled: Path, fd: Pa
         s = root / f"s{seed}"
         for name in arms:
             (s / name).mkdir(exist_ok=True)
-            shutil.copy(s / "prep" / "pretrained_eval.json", s / name)  # read back by --resume
+            for done in ("pretrained_eval.json", "pretrained_heldout.json"):  # read back by
+                shutil.copy(s / "prep" / done, s / name)                      # --resume
             cmd = [*script, "--runs", name, "--seed", str(seed), "--resume", "true",
                    "--out_dir", str(s / name), "--feedback_dir", str(s / "d_model"), *extra]
             procs.append((s / name, time.time(), _start(cmd, s / f"{name}.log")))
@@ -80,12 +82,15 @@ def launch(root: Path, seeds: list[int], extra: list[str], labeled: Path, fd: Pa
 
 
 def read_arm(ft: Path) -> dict | None:
-    """The arm's pretrained evaluation and its run's evaluations, one per finished round."""
+    """The arm's pretrained evaluation, its run's evaluations (one per finished round) and the
+    round it keeps (the last one for an arm that has not finished or chose none)."""
     pre = ft / "pretrained_eval.json"
     rounds = sorted((ft / ft.name).glob("round*/eval.json"), key=lambda p: int(p.parent.name[5:]))
     if not pre.exists() or not rounds:
         return None
-    return {"pretrained": json.loads(pre.read_text()), "finished": (ft / "metrics.json").exists(),
+    metrics = json.loads((ft / "metrics.json").read_text()) if (ft / "metrics.json").exists() else {}
+    return {"pretrained": json.loads(pre.read_text()), "finished": bool(metrics),
+            "kept": metrics.get("kept", {}).get(ft.name, len(rounds)),
             "rounds": [json.loads(p.read_text()) for p in rounds]}
 
 
@@ -131,7 +136,7 @@ def table(root: Path) -> dict:
                     row["wins_vs_control"], row["losses_vs_control"] = wins(
                         ev["goods"], control["rounds"][k]["goods"])
                 out.append(row)
-            rows[name] = {"finished": arm["finished"], "rounds": out}
+            rows[name] = {"finished": arm["finished"], "kept": arm["kept"], "rounds": out}
         per_seed[seed_dir.name] = rows
     return per_seed
 
@@ -143,17 +148,25 @@ def _agg(values, digits: int = 1) -> str:
             if len(v) > 1 else one.format(v[0]))
 
 
+def kept(rows: dict, arm: str) -> dict:
+    """The row of the round `arm` keeps at one seed (rows: table()'s seed entry); round 0 is the
+    pretrained model, which neither wins nor loses against itself."""
+    k = rows[arm]["kept"] if "rounds" in rows[arm] else 0
+    return rows[arm]["rounds"][k - 1] if k else {**rows["pretrained"], "wins": 0.0, "losses": 0.0}
+
+
 def headline(per_seed: dict) -> str:
-    """The README's stage-3 table: each arm's last round, mean [min, max] over the seeds."""
-    final = lambda r: r["rounds"][-1]  # noqa: E731
+    """The README's stage-3 table: each arm at the round it keeps, mean [min, max] over seeds."""
     arms = sorted({a for rows in per_seed.values() for a in rows if a != "pretrained"
                    and all(a in r for r in per_seed.values())}, key=order)
     pre = [rows["pretrained"] for rows in per_seed.values()]
-    cols = {a: [final(rows[a]) for rows in per_seed.values()] for a in arms}
+    cols = {a: [kept(rows, a) for rows in per_seed.values()] for a in arms}
     names = [a if all(rows[a]["finished"] for rows in per_seed.values()) else
              f"{a} (stopped after round {min(len(rows[a]['rounds']) for rows in per_seed.values())})"
              for a in arms]
-    lines = ["| group | pretrained | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(arms)]
+    lines = ["| group | pretrained | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(arms),
+             "| round kept | - | " + " | ".join(", ".join(str(rows[a]["kept"]) for rows in
+                                                         per_seed.values()) for a in arms) + " |"]
     for key, label in (("overall", "overall"), ("count", "count"),
                        ("combination", "combination"), ("seen", "seen"), ("unseen", "unseen"),
                        ("well_formed", "well-formed")):
@@ -188,12 +201,11 @@ def report(per_seed: dict) -> str:
              "|---|---|" + "---|" * (len(keys) + 7)]
 
     agg = _agg
-    final = lambda r: r if "rounds" not in r else r["rounds"][-1]  # noqa: E731
     for name in names:
         seeds = [s for s in per_seed if name in per_seed[s]]
-        rows = [final(per_seed[s][name]) for s in seeds]
+        rows = [kept(per_seed[s], name) for s in seeds]
         pres = [per_seed[s]["pretrained"] for s in seeds]
-        ctrl = [final(per_seed[s]["control"]) if "control" in per_seed[s] else None
+        ctrl = [kept(per_seed[s], "control") if "control" in per_seed[s] else None
                 for s in seeds]
         cells = [agg([r[k] for r in rows]) if k not in ("reward", "shape_fit") else
                  f"{np.mean([r[k] for r in rows]):.3f}" for k in keys]
@@ -223,7 +235,7 @@ def report(per_seed: dict) -> str:
         for s in per_seed:
             if name not in per_seed[s]:
                 continue
-            for w, t in final(per_seed[s][name])["count_breakdown"].items():
+            for w, t in kept(per_seed[s], name)["count_breakdown"].items():
                 acc = total.setdefault(w, [0, 0, 0])
                 acc[0], acc[1], acc[2] = acc[0] + t["good"], acc[1] + t["asked"], \
                     acc[2] + t["malformed"]

@@ -20,6 +20,7 @@ import pipeline_times  # noqa: E402
 import reward_breakdown  # noqa: E402
 import reward_last_block  # noqa: E402
 import reward_seeds  # noqa: E402
+import round_selection  # noqa: E402
 import stage3_seeds  # noqa: E402
 import win_loss_breakdown  # noqa: E402
 
@@ -30,6 +31,23 @@ def test_count_breakdown(smoke_run, capsys):
                           "--samples_per_prompt", "1", "--steps", "3"])
     out = capsys.readouterr().out
     assert out.count("(count ") == 2 and "bad with a malformed blob" in out
+
+
+def test_round_selection_keeps_what_finetune_kept_and_caches_each_checkpoint(smoke_run, tmp_path,
+                                                                            capsys):
+    ft, out = smoke_run / "finetune", tmp_path / "rs.json"
+    args = [f"feedback={ft / 'feedback'}", f"control={ft / 'control'}", "--pretrained",
+            str(smoke_run / "unet" / "ckpt.pt"), "--reward_dir", str(smoke_run / "reward"),
+            "--fd", str(smoke_run / "fd"), "--fd_net_steps", "30", "--samples_per_prompt", "1",
+            "--steps", "5", "--out", str(out)]
+    round_selection.main(args)
+    saved, metrics = json.loads(out.read_text()), json.loads((ft / "metrics.json").read_text())
+    assert {n: r["kept"] for n, r in saved["runs"].items()} == metrics["kept"]
+    assert len(saved["signals"]) == 5  # the pretrained model once, then two rounds per run
+    for name, points in metrics["rounds"].items():  # the same samples as finetune.py's signal
+        assert [p["heldout"]["reward"] for p in points] == pytest.approx(
+            [s["reward"] for s in saved["runs"][name]["signal"]], abs=1e-6)
+    assert "feedback (" in capsys.readouterr().out
 
 
 def test_bench_sampler_judges_each_solver_against_the_first(smoke_run, tmp_path):
@@ -66,12 +84,16 @@ def test_stage3_seeds_launches_arms_and_writes_what_the_table_prints(smoke_run, 
     for key in ("overall", "count", "seen", "unseen", "combination", "well_formed", "fd",
                 "reward", "wins", "losses", "wins_vs_control", "count_breakdown"):
         assert key in last, key
-    # the printed table is these numbers: the arm's final overall alignment, mean over one seed
-    assert f"| feedback | 1 | {last['overall']:.1f} |" in out
-    # the arms shared the seed's preparation: the same pretrained evaluation
-    pre = [json.loads((root / "s0" / a / "pretrained_eval.json").read_text())
-           for a in ("prep", "feedback", "control")]
-    assert pre[0] == pre[1] == pre[2]
+    # the printed table is these numbers: the overall alignment of the round the arm keeps
+    k = feedback["kept"]
+    shown = feedback["rounds"][k - 1] if k else saved["seeds"]["s0"]["pretrained"]
+    assert f"| feedback | 1 | {shown['overall']:.1f} |" in out
+    assert f"| round kept | - | {k} | {control['kept']} |" in out
+    # the arms shared the seed's preparation: the same pretrained evaluation and held-out signal
+    for name in ("pretrained_eval.json", "pretrained_heldout.json"):
+        pre = [json.loads((root / "s0" / a / name).read_text())
+               for a in ("prep", "feedback", "control")]
+        assert pre[0] == pre[1] == pre[2]
 
 
 def test_reward_breakdown(smoke_run, capsys):

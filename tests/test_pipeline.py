@@ -64,6 +64,11 @@ def test_smoke_pipeline_end_to_end(smoke_run):
     # Rounds: a curve point per round after the pretrained one, and the label budget.
     assert [p["round"] for p in m3["rounds"]["feedback"]] == [0, 1, 2]
     assert [p["steps"] for p in m3["rounds"]["control"]] == [0, 5, 10]
+    # Each run is reported at the round it keeps (round 0: the pretrained model).
+    k = m3["kept"]["feedback"]
+    kept_eval = (tmp_path / "finetune" / "pretrained_eval.json" if k == 0 else
+                 tmp_path / "finetune" / f"feedback/round{k}/eval.json")
+    assert m3["after"]["alignment"] == json.loads(kept_eval.read_text())["metrics"]["alignment"]
     assert m3["labels"] == {"feedback": 64 + 8}  # stage 1's labels + one round's budget
     assert not (tmp_path / "finetune" / "report.md").exists()  # one report: summary.md
     # Where stage 3's time went: every second charged to one phase.

@@ -1,6 +1,6 @@
 """Stage 3's rounds: exact resume between and inside rounds (the anchor on), the label budget,
 the timestep cut of the model's own samples and the KL anchor (train_loop.step_loss), the run
-table, and the validation seeds."""
+table, the validation seeds, and the held-out prompts and rule that choose the kept round."""
 import json
 import shutil
 
@@ -8,7 +8,7 @@ import torch
 
 import finetune
 from tiny_rlhf_t2i.diffusion import Scheduler
-from tiny_rlhf_t2i.evaluate import eval_records
+from tiny_rlhf_t2i.evaluate import eval_records, heldout_records, pick_round
 from tiny_rlhf_t2i.losses import anchor_loss, weighted_mse
 from tiny_rlhf_t2i.train_loop import Anchor, Batch, step_loss
 
@@ -43,13 +43,18 @@ def test_rounds_resume_inside_and_between_rounds_like_an_uninterrupted_run(smoke
         for key in ("model", "ema"):
             for name, value in sa[key].items():
                 assert torch.equal(value, sb[key][name]), f"round {k}: {key}.{name} differs"
-        for name in ("eval.json", "loss_curve.json"):
+        for name in ("eval.json", "heldout.json", "loss_curve.json"):
             assert (a / f"round{k}" / name).read_text() == (b / f"round{k}" / name).read_text()
     ra = torch.load(a / "round2" / "reward.pt", weights_only=True)["model"]
     rb = torch.load(b / "round2" / "reward.pt", weights_only=True)["model"]
     assert all(torch.equal(v, rb[n]) for n, v in ra.items())
     ma, mb = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("a", "b"))
     assert ma["models"] == mb["models"] and ma["rounds"] == mb["rounds"]
+    assert ma["kept"] == mb["kept"] and ma["kept"]["feedback"] in (0, 1, 2)
+    kept = [p["kept"] for p in ma["rounds"]["feedback"]]  # one kept round, chosen by its rule
+    signals = [p["heldout"] for p in ma["rounds"]["feedback"]]
+    assert kept.index(True) == ma["kept"]["feedback"] == pick_round(signals, 0.015)
+    assert sum(kept) == 1 and all(s["n"] == 240 for s in signals)  # smoke: 1 per prompt
     assert not list(tmp_path.rglob("*.tmp"))  # no temporary file of an atomic write left
 
     # The label budget: 8 new labels in round 2, two per category, from stage 1's labeler.
@@ -145,6 +150,26 @@ def test_validation_seeds_are_the_evaluation_prompts_with_disjoint_seeds():
     assert [r["prompt"] for r in test] == [r["prompt"] for r in val]
     assert not {r["seed"] for r in test} & {r["seed"] for r in val}
     assert len({r["seed"] for r in val}) == len(val)
+
+
+def test_heldout_prompts_are_disjoint_from_the_evaluation_and_draw_their_own_seeds():
+    held, seen_eval = heldout_records(2), {r["prompt"] for r in eval_records(1)}
+    prompts = [r["prompt"] for r in held]
+    assert len(set(prompts)) == 240 and not set(prompts) & seen_eval
+    assert {r["split"] for r in held} == {"seen"} and "a red circle on a gray background" in prompts
+    assert not any("diamond" in p for p in prompts)  # the unseen shape stays unseen
+    others = {r["seed"] for r in eval_records(16) + eval_records(16, val=True)}
+    assert len({r["seed"] for r in held}) == len(held) and not {r["seed"] for r in held} & others
+    assert held == heldout_records(2) and heldout_records(0) == []
+
+
+def test_kept_round_has_the_best_reward_among_rounds_within_the_fidelity_tolerance():
+    sig = lambda reward, wf: {"reward": reward, "well_formed": wf}
+    rounds = [sig(0.5, 0.99), sig(0.7, 0.985), sig(0.8, 0.97), sig(0.75, 0.98)]
+    assert pick_round(rounds, 0.015) == 3  # round 2 gained reward but lost 2 points of shapes
+    assert pick_round(rounds, 0.03) == 2
+    assert pick_round(rounds, 0.0) == 0  # nothing keeps the shapes: the pretrained model
+    assert pick_round([sig(0.5, 0.99), sig(0.4, 0.99)], 0.015) == 0  # less reward: not kept
 
 
 def test_rounds_without_new_labels_run_on_any_image_size(smoke_run, tmp_path):

@@ -18,7 +18,8 @@ from .fidelity import (clean_references, diversity, feature_net, features, frech
                        shape_fit_summary)
 from .files import atomic_write_text
 from .judge import analyze, verdict
-from .world import CATEGORIES, load_eval_prompts, to_prompt
+from .world import (BACKGROUNDS, CATEGORIES, COLORS, SHAPES, UNSEEN_SHAPES, Spec,
+                    load_eval_prompts, prompt_set, to_prompt)
 
 Z95 = 1.959964  # two-sided 95% normal quantile
 
@@ -132,6 +133,31 @@ GRID_PROMPTS = ["a red circle", "a square on a gray background", "two triangles"
                 "three diamonds"]  # fixed prompts of every stage's sample grid (last two unseen)
 
 
+# ----------------------------------------------------------------- choosing a round (stage 3)
+def heldout_records(samples_per_prompt: int) -> list[dict]:
+    """Stage 3's held-out prompts, to choose the round a run keeps without looking at the
+    evaluation's prompts: the seen combination prompts the evaluation leaves out, and one seen
+    shape of a color on a background ("a red circle on a gray background"), a template neither
+    feedback nor the evaluation holds, where a lone shape drawn as a blob shows. Seeds of their
+    own stream (seeds.heldout_seed)."""
+    in_eval = {to_prompt(s) for s in load_eval_prompts("seen")}
+    combos = [s for s in prompt_set("seen", "combination") if to_prompt(s) not in in_eval]
+    lone = [Spec(shape, 1, c, b) for shape in SHAPES if shape not in UNSEEN_SHAPES
+            for c in COLORS for b in BACKGROUNDS if c != b]
+    return [{"prompt": to_prompt(spec), "category": spec.category, "split": "seen",
+             "seed": seeds.heldout_seed(i, k)}
+            for i, spec in enumerate(combos + lone) for k in range(samples_per_prompt)]
+
+
+def pick_round(signals: list[dict], tolerance: float) -> int:
+    """The round a run keeps (0: the pretrained model, signals[0]): the highest mean reward on
+    the held-out samples among the rounds whose well-formed rate is at most `tolerance` below
+    the pretrained model's, so a run never ends on a round that bought reward with fidelity."""
+    floor = signals[0]["well_formed"] - tolerance
+    allowed = [k for k, s in enumerate(signals) if k == 0 or s["well_formed"] >= floor]
+    return max(allowed, key=lambda k: signals[k]["reward"])
+
+
 # ----------------------------------------------------------------- scoring a scorer (stage 2)
 def pairwise_accuracy(scores, labels, prompts) -> float:
     """For two images of the same prompt whose gold labels differ, how often the scorer ranks
@@ -165,11 +191,16 @@ class Evaluator:
     a reward model (which rises while the gold alignment falls when the reward is exploited)."""
 
     def __init__(self, samples_per_prompt: int, num_inference_steps: int, guidance_scale: float,
-                 resolution: int, reward, fd_cache, fd_net_steps: int, val: bool = False):
+                 resolution: int, reward, fd_cache, fd_net_steps: int, val: bool = False,
+                 heldout_per_prompt: int = 0):
         self.steps, self.guidance_scale, self.reward = num_inference_steps, guidance_scale, reward
         self.records = eval_records(samples_per_prompt, val)
+        self.heldout_records = heldout_records(heldout_per_prompt)  # [] when no round is chosen
         self.fnet = feature_net(resolution, cache_dir=fd_cache, steps=fd_net_steps)
         self.ref_feats = features(self.fnet, clean_references(self.records, resolution))
+        self.heldout_ref_feats = (features(self.fnet, clean_references(self.heldout_records,
+                                                                        resolution))
+                                  if self.heldout_records else None)
 
     @classmethod
     def for_config(cls, cfg, resolution: int, reward):
@@ -177,7 +208,8 @@ class Evaluator:
         beside the run folder."""
         return cls(cfg.eval_samples_per_prompt, cfg.num_inference_steps, cfg.guidance_scale,
                    resolution, reward, fd_cache=Path(cfg.out_dir).parent / "fd",
-                   fd_net_steps=cfg.fd_net_steps, val=cfg.evaluation == "val")
+                   fd_net_steps=cfg.fd_net_steps, val=cfg.evaluation == "val",
+                   heldout_per_prompt=cfg.heldout_samples_per_prompt)
 
     def images(self, images: np.ndarray) -> tuple[dict, list[bool]]:
         """(metrics, goods) of one image per evaluation record."""
@@ -205,3 +237,29 @@ class Evaluator:
         if path is not None:
             atomic_write_text(path, json.dumps({"metrics": m, "goods": goods}))
         return m, goods, images
+
+    def heldout(self, model, path: Path | None = None, reuse: bool = False) -> dict | None:
+        """The signal a round is chosen by, on the held-out records (heldout_records), saved to
+        `path`: the learned reward's mean score, the well-formed rate (judge.analyze reads
+        shapes, not the prompt; also on the one-shape prompts alone), FD and diversity against
+        clean renders of the same records. The gold alignment is recorded beside them to check
+        the choice, never used to make it. None when no round is chosen (no held-out records)."""
+        if not self.heldout_records:
+            return None
+        if reuse and path is not None and path.exists():
+            return json.loads(path.read_text())
+        records = self.heldout_records
+        images = generate(model, records, self.steps, self.guidance_scale)
+        analyses = [analyze(im) for im in images]
+        lone = np.array([r["category"] != "combination" for r in records])  # one shape asked
+        formed = np.array([a["well_formed"] for a in analyses], float)
+        f = features(self.fnet, images)
+        signal = {"reward": float(self.reward.score(images, [r["prompt"] for r in records]).mean()),
+                  "well_formed": float(formed.mean()), "well_formed_lone": float(formed[lone].mean()),
+                  "fd": frechet_distance(f, self.heldout_ref_feats), "diversity": diversity(f, records),
+                  "alignment_not_used": float(np.mean([verdict(a, r["prompt"])[0]
+                                                       for a, r in zip(analyses, records)])),
+                  "n": len(records)}
+        if path is not None:
+            atomic_write_text(path, json.dumps(signal))
+        return signal

@@ -11,9 +11,10 @@ from .files import save_grid, write_metrics
 from .plots import round_curves
 
 
-def curve_point(m: dict) -> dict:
-    """What the over-optimization curve follows: the reward against the gold judge."""
-    return {"reward": m["reward"], "alignment": m["alignment"]["overall"]["mean"],
+def curve_point(m: dict, heldout: dict | None) -> dict:
+    """What the over-optimization curve follows: the reward against the gold judge, and the
+    held-out signal the kept round is chosen by."""
+    return {"heldout": heldout, "reward": m["reward"], "alignment": m["alignment"]["overall"]["mean"],
             **{g: m["alignment"][g]["mean"] for g in ("seen", "unseen", "count")},
             "well_formed": m["well_formed"]["mean"], "fd": m["fd"],
             "shape_fit": m["shape_fit"]["mean"], "count_breakdown": m["count_breakdown"]}
@@ -23,31 +24,33 @@ def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict
           baselines: dict, clock, t0: float) -> None:
     """Everything a person reads after stage 3. runs: {name: (finetune.Run, its resolved
     config)}; n_stage1: stage 1's labels; before: the pretrained model's (metrics, goods,
-    images); results: {run: (model, [(metrics, goods, images) per round])}; baselines: {name:
-    (metrics, goods)}."""
+    images); results: {run: finetune.RunResult}; baselines: {name: (metrics, goods)}. Each run
+    is reported at the round it keeps."""
     run_cfgs = {name: c for name, (_, c) in runs.items()}
     weights = {name: run.weights for name, (run, _) in runs.items()}
     n_labels = {name: n_stage1 + (c.rounds - 1) * c.labels_per_round  # every label a run saw
                 for name, c in run_cfgs.items() if weights[name] == "reward"}
-    last = {"pretrained": before[:2], **{n: evals[-1][:2] for n, (_, evals) in results.items()},
-            **baselines}  # name -> (metrics, goods) of its last evaluation
-    metrics = {n: m for n, (m, _) in last.items()}
+    kept = {n: r.kept for n, r in results.items()}
+    last = {"pretrained": before[:2], **baselines,  # name -> (metrics, goods) of its kept round
+            **{n: (before if r.kept == 0 else r.evals[r.kept - 1])[:2] for n, r in results.items()}}
+    metrics = {n: dict(m) for n, (m, _) in last.items()}  # a run kept at round 0 gets its own
     goods = {n: g for n, (_, g) in last.items()}
     for name in metrics:  # side by side with the pretrained model and the control
         if name != "pretrained":
             metrics[name]["win_rate_vs_pretrained"] = win_rate(goods[name], goods["pretrained"])
         if name not in ("pretrained", "control") and "control" in goods:
             metrics[name]["win_rate_vs_control"] = win_rate(goods[name], goods["control"])
-    start = {"round": 0, "steps": 0, **curve_point(before[0])}
-    curves = {n: [start] + [{"round": k + 1, "steps": (k + 1) * run_cfgs[n].steps
-                             // run_cfgs[n].rounds, **curve_point(m)}
-                            for k, (m, _, _) in enumerate(evals)]
-              for n, (_, evals) in results.items()}
+    curves = {n: [{"round": 0, "steps": 0, "kept": r.kept == 0,
+                   **curve_point(before[0], r.heldout[0])}]
+              + [{"round": k + 1, "steps": (k + 1) * run_cfgs[n].steps // run_cfgs[n].rounds,
+                  "kept": r.kept == k + 1, **curve_point(m, r.heldout[k + 1])}
+                 for k, (m, _, _) in enumerate(r.evals)]
+              for n, r in results.items()}
 
     main_run = next((r for r in ("feedback", "gold") if r in results), next(iter(results)))
     rows_before, rows_after = (sample_grid_rows(m, GRID_PROMPTS, 6, cfg.num_inference_steps,
                                                 cfg.guidance_scale)
-                               for m in (pretrained, results[main_run][0]))
+                               for m in (pretrained, results[main_run].model))
     save_grid([r for pair in zip(rows_before, rows_after) for r in pair],
               [f"{tag}: {p}" for p in GRID_PROMPTS for tag in ("before", "after")],
               out / "before_after.png")
@@ -56,12 +59,12 @@ def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict
 
     seconds = round(time.time() - t0)
     result = {"before": metrics["pretrained"], "after": metrics[main_run], "models": metrics,
-              "rounds": curves, "labels": n_labels, "seconds": seconds,
+              "rounds": curves, "kept": kept, "labels": n_labels, "seconds": seconds,
               "phase_seconds": clock.seconds, "evaluation": cfg.evaluation,
               "win_rate": metrics[main_run].get("win_rate_vs_pretrained"),
               "config": dataclasses.asdict(cfg),  # the command line's; each run's below
               "run_configs": {n: dataclasses.asdict(c) for n, c in run_cfgs.items()}}
-    md = summary_md(metrics, curves, run_cfgs, weights, n_labels, cfg, main_run, seconds,
+    md = summary_md(metrics, curves, run_cfgs, weights, n_labels, kept, cfg, main_run, seconds,
                     clock.seconds)
     write_metrics(out, result, md)
     print(md)
@@ -70,9 +73,10 @@ def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict
 
 
 def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_labels: dict,
-               cfg, main_run: str, seconds: float, phases: dict) -> str:
-    """The results tables: alignment (per category, split), fidelity and win rates, each run's
-    own settings; then every round of every run (the over-optimization curve)."""
+               kept: dict, cfg, main_run: str, seconds: float, phases: dict) -> str:
+    """The results tables: alignment (per category, split), fidelity and win rates of each
+    run's kept round, each run's own settings; then every round of every run (the
+    over-optimization curve) with the held-out signal that chose the kept round."""
     pct = lambda r: "-" if r is None else (f"{100 * r['win']:.1f} / {100 * r['tie']:.1f} / "
                                            f"{100 * r['loss']:.1f}")
     lines = [f"# Stage 3: reward-weighted fine-tuning (preset {cfg.preset}, "
@@ -82,14 +86,14 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
              "", f"Main run: `{main_run}`; {cfg.steps} steps per run, batch {cfg.batch_size} "
              f"({cfg.model_fraction:.0%} D_model). Gold-judge alignment with 95% CI "
              f"({cfg.eval_samples_per_prompt} samples per evaluation prompt, {cfg.evaluation} "
-             f"seeds):", "",
-             alignment_table(metrics), "| model | weights | rounds | t_min | anchor | beta "
+             f"seeds), each run at the round it keeps:", "",
+             alignment_table(metrics), "| model | weights | rounds (kept) | t_min | anchor | beta "
              "| balanced | labels | FD | shape fit: mean / exact | diversity "
              "| win / tie / loss vs pretrained | vs control |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in metrics.items():
         c = run_cfgs.get(name)
-        rounds = "-" if c is None else c.rounds
+        rounds = "-" if c is None else f"{c.rounds} ({kept[name]})"
         tuned = ("-",) * 4 if c is None or weights[name] is None else (
             c.model_t_min, c.anchor, c.beta, c.balance)
         lines.append(f"| {name} | {weights.get(name) or '-'} | {rounds} | "
@@ -98,17 +102,21 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
                      f"{100 * m['shape_fit']['exact']:.1f}% | {m['diversity']:.2f} | "
                      f"{pct(m.get('win_rate_vs_pretrained'))} | "
                      f"{pct(m.get('win_rate_vs_control'))} |")
-    lines += ["", "Every round (round 0: the pretrained model). Reward: mean r_phi of stage 2's "
-              "reward on the evaluation samples; count per number: good / asked (bad ones with "
-              "a malformed blob):", "",
-              "| run | round | steps | reward | alignment | seen | unseen | count | well-formed "
-              "| FD | shape fit | count per number |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "Every round (round 0: the pretrained model). Held-out: mean r_phi and "
+              "well-formed on the held-out prompts, which choose the kept round; reward: mean "
+              "r_phi of stage 2's reward on the evaluation samples; count per number: good / "
+              "asked (bad ones with a malformed blob):", "",
+              "| run | round | steps | held-out reward / well-formed | reward | alignment | seen "
+              "| unseen | count | well-formed | FD | shape fit | count per number |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, points in curves.items():
         for p in points:
             per_number = ", ".join(f"{w} {t['good']}/{t['asked']} ({t['malformed']})"
                                    for w, t in p["count_breakdown"].items())
-            lines.append(f"| {name} | {p['round']} | {p['steps']} | {p['reward']:.3f} | "
+            h = p["heldout"]
+            held = "-" if h is None else f"{h['reward']:.3f} / {100 * h['well_formed']:.1f}"
+            lines.append(f"| {name} | {p['round']}{' (kept)' if p['kept'] else ''} | "
+                         f"{p['steps']} | {held} | {p['reward']:.3f} | "
                          + " | ".join(f"{100 * p[g]:.1f}" for g in ("alignment", "seen",
                                                                      "unseen", "count",
                                                                      "well_formed"))

@@ -69,6 +69,13 @@ GRID_SEED = 99  # column j of every stage's image grid: GRID_SEED + j
 VAL_OFFSET = 10 ** 12  # validation samples: the evaluation's prompts, seeds past every other stream
 
 
+HELDOUT_SEED = 4321  # sample k of held-out prompt i (stage 3's round selection): heldout_seed(i, k)
+
+
+def heldout_seed(prompt_index: int, k: int) -> int:  # past every evaluation and feedback seed
+    return 2 * VAL_OFFSET + HELDOUT_SEED + 7919 * k + 101 * prompt_index
+
+
 def eval_seed(split: str, prompt_index: int, k: int, val: bool = False) -> int:
     return (EVAL_SEED + 7919 * k + 101 * prompt_index + (0 if split == "seen" else 50_000)
             + (VAL_OFFSET if val else 0))
