@@ -75,6 +75,7 @@ class FinetuneConfig(LoopConfig):
     rounds: int = 2  # rounds of feedback, each on fresh samples of the current model (1: paper)
     model_t_min: int = 650  # own samples teach timesteps >= this only (0: every t, the paper)
     anchor: float = 0.0  # lambda: weight of the KL anchor to the pretrained model (0: off)
+    pre_below_cut: float = -1.0  # D_pre rows' weight at t < model_t_min (negative: beta)
     labels_per_round: int = 500  # new labels by stage 1's labeler in each round after the first
     unlabeled_per_category: int = 1000  # own samples per category and round (paper: 16K in all)
     beta: float = 0.1  # weight of the pretraining loss, Eq. 2 (paper: 1; see docs/results.md)
@@ -139,6 +140,7 @@ RUNS = {
     # Own samples teach every timestep and the KL anchor holds the model near the pretrained one
     # (DPOK's regularizer) instead of the timestep cut, weighted per step as the exact KL.
     "anchor_kl": Run("reward", settings=dict(model_t_min=0, anchor=1.0)),
+    "pre_below1": Run("reward", settings=dict(pre_below_cut=1.0)),  # experiment
     # The paper's Table 3: labeled only; + unlabeled; + pretraining loss (= paper); beta.
     "labeled_only": Run("reward", unlabeled=False, settings=dict(beta=0.0)),
     "labeled_unlabeled_beta0": Run("reward", settings=dict(beta=0.0)),
@@ -251,7 +253,7 @@ def finetune(folder: Path, run: Run, cfg: FinetuneConfig, start, inputs: Inputs,
         # that move (its artifacts too) would come out s times larger.
         drop_captions(ids, rng, cfg.p_uncond)
         return Batch(x0.contiguous(memory_format=torch.channels_last), ids, weights, n_model,
-                     cfg.model_t_min)
+                     cfg.model_t_min, cfg.pre_below_cut)
 
     anchor = None
     if n_model and cfg.anchor:  # the pretrained model, frozen, is the anchor of every round

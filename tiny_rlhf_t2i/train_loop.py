@@ -70,6 +70,7 @@ class Batch:
     weights: torch.Tensor  # (B,) per-sample weights: rewards, then beta (stage 0: all 1)
     n_model: int = 0  # how many leading rows come from D_model
     model_t_min: int = 0  # D_model rows are noised at timesteps in [model_t_min, T) only
+    pre_below_cut: float = -1.0  # weight of D_pre rows at t < model_t_min (negative: unchanged)
 
     def rows(self, rank: int, world: int) -> torch.Tensor:
         """The rows process `rank` of `world` trains on: its share of the D_model rows and its
@@ -133,6 +134,9 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
     noise = torch.randn(x0.shape, generator=gen)  # (B, 3, H, W), drawn on the CPU: any device
     if batch.model_t_min and n_model:  # drawn last: with 0 the stream is unchanged
         t[:n_model] = torch.randint(batch.model_t_min, T, (n_model,), generator=gen)
+    if batch.pre_below_cut >= 0 and batch.model_t_min and n_model:
+        weights = weights.clone()  # (B,): D_pre rows below the cut, which own samples do not teach
+        weights[n_model:][t[n_model:] < batch.model_t_min] = batch.pre_below_cut
     rank, world = distributed.rank_world()
     if world > 1:  # this process's share of the rows
         rows = batch.rows(rank, world)
