@@ -8,8 +8,10 @@
    stage 0 (train_loop.py). Beyond the paper, each switched by a flag: the weights are rescaled
    so that prompts the model rarely gets right keep their share of D_model (--balance,
    losses.balance_groups); the model's own samples teach only the high-noise timesteps
-   (--model_t_min, train_loop.step_loss); a KL anchor keeps the model's noise prediction on its
-   own samples close to the frozen pretrained model's (--anchor, losses.anchor_loss).
+   (--model_t_min, train_loop.step_loss), and below that cut D_pre keeps its pretraining
+   weight 1 in place of beta (--beta_below_cut); a KL anchor keeps the model's noise
+   prediction on its own samples close to the frozen pretrained model's (--anchor,
+   losses.anchor_loss).
 3. Rounds of feedback (the paper names online feedback as its next step): in round k >= 2 the
    current model is sampled afresh on the feedback prompts, stage 1's labeler labels a budget of
    those samples, the reward is trained again on every label so far, and the model is
@@ -75,7 +77,7 @@ class FinetuneConfig(LoopConfig):
     rounds: int = 2  # rounds of feedback, each on fresh samples of the current model (1: paper)
     model_t_min: int = 650  # own samples teach timesteps >= this only (0: every t, the paper)
     anchor: float = 0.0  # lambda: weight of the KL anchor to the pretrained model (0: off)
-    pre_below_cut: float = -1.0  # D_pre rows' weight at t < model_t_min (negative: beta)
+    beta_below_cut: float = 1.0  # D_pre's weight at t < model_t_min (= beta: Eq. 2 as written)
     labels_per_round: int = 500  # new labels by stage 1's labeler in each round after the first
     unlabeled_per_category: int = 1000  # own samples per category and round (paper: 16K in all)
     beta: float = 0.1  # weight of the pretraining loss, Eq. 2 (paper: 1; see docs/results.md)
@@ -109,7 +111,8 @@ class FinetuneConfig(LoopConfig):
                 f"--evaluation must be test or val, not {self.evaluation!r}")
         check_range(self, "model_fraction", 0, 1, open_lo=True)
         check_range(self, "p_uncond", 0, 1, open_hi=True)
-        check_range(self, "beta anchor unlabeled_per_category guidance_scale threads", 0)
+        check_range(self, "beta beta_below_cut anchor unlabeled_per_category guidance_scale "
+                    "threads", 0)
         check_range(self, "heldout_samples_per_prompt keep_tolerance", 0)
         check_range(self, "rounds", 1)
         check_range(self, "model_t_min", 0, NUM_TRAIN_TIMESTEPS, open_hi=True)
@@ -140,7 +143,6 @@ RUNS = {
     # Own samples teach every timestep and the KL anchor holds the model near the pretrained one
     # (DPOK's regularizer) instead of the timestep cut, weighted per step as the exact KL.
     "anchor_kl": Run("reward", settings=dict(model_t_min=0, anchor=1.0)),
-    "pre_below1": Run("reward", settings=dict(pre_below_cut=1.0)),  # experiment
     # The paper's Table 3: labeled only; + unlabeled; + pretraining loss (= paper); beta.
     "labeled_only": Run("reward", unlabeled=False, settings=dict(beta=0.0)),
     "labeled_unlabeled_beta0": Run("reward", settings=dict(beta=0.0)),
@@ -253,7 +255,7 @@ def finetune(folder: Path, run: Run, cfg: FinetuneConfig, start, inputs: Inputs,
         # that move (its artifacts too) would come out s times larger.
         drop_captions(ids, rng, cfg.p_uncond)
         return Batch(x0.contiguous(memory_format=torch.channels_last), ids, weights, n_model,
-                     cfg.model_t_min, cfg.pre_below_cut)
+                     cfg.model_t_min, cfg.beta_below_cut)
 
     anchor = None
     if n_model and cfg.anchor:  # the pretrained model, frozen, is the anchor of every round

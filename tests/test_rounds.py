@@ -99,6 +99,35 @@ def test_timestep_cut_moves_only_the_d_model_rows_and_keeps_the_default_stream()
     assert (ts[600][:n_model] >= 600).all() and (ts[0][:n_model] < 600).any()
 
 
+def test_below_the_cut_d_pre_rows_take_their_own_weight_and_nothing_else_moves():
+    B, n_model = 16, 8
+    x0 = torch.randn(B, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    ids = torch.zeros(B, 4, dtype=torch.long)
+    w = torch.cat([torch.rand(n_model, generator=torch.Generator().manual_seed(1)),
+                   torch.full((B - n_model,), 0.1)])  # [rewards; beta]
+    model, out = _Recorder(), {}
+    for below in (None, 0.1, 1.0):
+        out[below] = step_loss(model, Scheduler(), Batch(x0, ids, w, n_model, 600, below),
+                               torch.Generator().manual_seed(5), weighted_mse)
+    t = model.t  # the same timesteps and noise every time
+    gen = torch.Generator().manual_seed(5)
+    torch.randint(0, 1000, (B,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)  # eps_hat = 0: each row's loss is its noise
+    per_row = noise.pow(2).flatten(1).mean(1)
+    low = torch.zeros(B, dtype=torch.bool)
+    low[n_model:] = t[n_model:] < 600
+    assert low.any() and (~low[n_model:]).any()
+    expected = w.clone()
+    expected[low] = 1.0
+    torch.testing.assert_close(out[1.0], 2 * (expected * per_row).mean())  # finetune_loss, 50/50
+    torch.testing.assert_close(out[0.1], out[None])  # = beta: Eq. 2 as written
+    control = Batch(x0, ids, torch.ones(B), 0, 600, 1.0)  # no D_model rows: the cut does nothing
+    assert torch.equal(step_loss(model, Scheduler(), control, torch.Generator().manual_seed(5),
+                                 weighted_mse), step_loss(model, Scheduler(), Batch(
+                                     x0, ids, torch.ones(B)), torch.Generator().manual_seed(5),
+                                     weighted_mse))
+
+
 class _Affine(torch.nn.Module):
     """A stand-in denoiser eps = a * x + b."""
     def __init__(self, a, b):

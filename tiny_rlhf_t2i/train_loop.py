@@ -70,7 +70,7 @@ class Batch:
     weights: torch.Tensor  # (B,) per-sample weights: rewards, then beta (stage 0: all 1)
     n_model: int = 0  # how many leading rows come from D_model
     model_t_min: int = 0  # D_model rows are noised at timesteps in [model_t_min, T) only
-    pre_below_cut: float = -1.0  # weight of D_pre rows at t < model_t_min (negative: unchanged)
+    beta_below_cut: float | None = None  # D_pre rows' weight at t < model_t_min (None: as given)
 
     def rows(self, rank: int, world: int) -> torch.Tensor:
         """The rows process `rank` of `world` trains on: its share of the D_model rows and its
@@ -121,7 +121,10 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
     only the high-noise terms for the model's own samples. Those terms decide *what* is drawn
     (how many shapes, where, which colour: a count is settled early in the chain); the low-noise
     terms decide *how* edges and corners look, and are learned from D_pre's clean renders only,
-    so the soft shapes of the model's own samples are not reinforced.
+    so the soft shapes of the model's own samples are not reinforced. Below the cut nothing but
+    D_pre teaches, so there its rows take batch.beta_below_cut in place of beta (1: the
+    low-noise steps go on being pretrained as they were, instead of at a tenth of the weight
+    while the shared weights move).
 
     With an anchor, the D_model rows also pay lambda * anchor_loss against the frozen
     pretrained model's prediction at the same noisy input: one more forward pass (no backward)
@@ -134,9 +137,9 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
     noise = torch.randn(x0.shape, generator=gen)  # (B, 3, H, W), drawn on the CPU: any device
     if batch.model_t_min and n_model:  # drawn last: with 0 the stream is unchanged
         t[:n_model] = torch.randint(batch.model_t_min, T, (n_model,), generator=gen)
-    if batch.pre_below_cut >= 0 and batch.model_t_min and n_model:
-        weights = weights.clone()  # (B,): D_pre rows below the cut, which own samples do not teach
-        weights[n_model:][t[n_model:] < batch.model_t_min] = batch.pre_below_cut
+    if batch.beta_below_cut is not None and batch.model_t_min and n_model:
+        weights = weights.clone()  # (B,)
+        weights[n_model:][t[n_model:] < batch.model_t_min] = batch.beta_below_cut
     rank, world = distributed.rank_world()
     if world > 1:  # this process's share of the rows
         rows = batch.rows(rank, world)
