@@ -26,7 +26,8 @@
    there among those whose well-formed rate stays within --keep_tolerance of the pretrained
    model's (evaluate.pick_round; round 0, the pretrained model, is always allowed). No label
    and no evaluation prompt takes part in the choice. The control keeps its last round: it is
-   the same-compute reference, and the reward has nothing to choose among its rounds.
+   the same-compute reference, and the reward has nothing to choose among its rounds; so does
+   a one-round run (the paper's).
 6. Evaluate every round of every run on the same prompts, seeds and sampler noise with the gold
    judge (report.py writes the tables, grids and plots; the kept round is each run's result).
    --evaluation val draws other seeds of the same prompts: choose settings there, report on
@@ -74,7 +75,7 @@ class FinetuneConfig(LoopConfig):
     feedback_dir: str = "data/feedback"  # stage 1 feedback sets; unlabeled samples go here too
     out_dir: str = "runs/finetune"  # run folder: one sub-folder per run, summary.md, grids
     runs: str = "feedback,control"  # fine-tuning runs, comma-separated (RUNS in finetune.py)
-    rounds: int = 2  # rounds of feedback, each on fresh samples of the current model (1: paper)
+    rounds: int = 4  # rounds of feedback, each on fresh samples of the current model (1: paper)
     model_t_min: int = 650  # own samples teach timesteps >= this only (0: every t, the paper)
     anchor: float = 0.0  # lambda: weight of the KL anchor to the pretrained model (0: off)
     beta_below_cut: float = 1.0  # D_pre's weight at t < model_t_min (= beta: Eq. 2 as written)
@@ -83,7 +84,7 @@ class FinetuneConfig(LoopConfig):
     beta: float = 0.1  # weight of the pretraining loss, Eq. 2 (paper: 1; see docs/results.md)
     model_fraction: float = 0.5  # fraction of each batch from D_model (paper: half)
     balance: bool = True  # rescale weights per (category, number) group (losses.balance_groups)
-    steps: int = 1000  # fine-tuning steps per run, split evenly over its rounds
+    steps: int = 2000  # fine-tuning steps per run, split evenly over its rounds
     batch_size: int = 128  # images per step, D_model and D_pre together
     lr: float = 5e-4  # peak AdamW learning rate (warmup, then cosine decay to 0)
     warmup_steps: int = 50  # linear warmup steps
@@ -291,7 +292,7 @@ class RunResult:
     """A run's rounds as rank 0 measured them, and the round it keeps (0: the pretrained model)."""
     model: torch.nn.Module  # the kept round's EMA model
     evals: list  # (metrics, goods, images) of round 1, 2, ...
-    kept: int  # evaluate.pick_round on `heldout`; the last round for the control or no signal
+    kept: int  # evaluate.pick_round on `heldout`; the last for the control, one round, no signal
     heldout: list  # the held-out signal of round 0 (pretrained), 1, 2, ... (or None)
 
 
@@ -332,12 +333,14 @@ def run_rounds(name: str, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, 
         if evaluator is not None:
             evals.append(evaluator.model(model, f"{name}/round{k}", folder / "eval.json",
                                          reuse=cfg.resume))
-            signals.append(evaluator.heldout(model, folder / "heldout.json", reuse=cfg.resume))
+            signals.append(evaluator.heldout(model, f"{name}/round{k}", folder / "heldout.json",
+                                             reuse=cfg.resume))
             clock.lap("evaluation")
         models.append(model)
     # The control is the same-compute reference of every round; the learned reward, which it
-    # neither trains on nor moves, has nothing to choose among its rounds.
-    chooses = run.weights is not None and None not in signals
+    # neither trains on nor moves, has nothing to choose among its rounds. A one-round run (the
+    # paper's) keeps its round, as the paper does.
+    chooses = run.weights is not None and cfg.rounds > 1 and None not in signals
     kept = pick_round(signals, cfg.keep_tolerance) if chooses else cfg.rounds
     return RunResult(models[kept], evals, kept, signals)
 
@@ -382,8 +385,8 @@ def main(argv=None):
         evaluator = Evaluator.for_config(cfg, inputs.pretrained.cfg.resolution, inputs.reward)
         before = evaluator.model(inputs.pretrained, "pretrained", out / "pretrained_eval.json",
                                  reuse=cfg.resume)
-        pre_signal = evaluator.heldout(inputs.pretrained, out / "pretrained_heldout.json",
-                                       reuse=cfg.resume)
+        pre_signal = evaluator.heldout(inputs.pretrained, "pretrained",
+                                       out / "pretrained_heldout.json", reuse=cfg.resume)
         clock.lap("evaluation")
 
     # ---- Round 1's D_model, then every run's rounds of Eq. 2, each round evaluated.

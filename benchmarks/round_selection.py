@@ -1,4 +1,4 @@
-"""Which round would a run keep? The held-out signal of stage 3 against the evaluation, after the fact.
+"""Which round would a run keep? Stage 3's held-out signal beside the evaluation, after the fact.
 
     python benchmarks/round_selection.py feedback=runs/finetune/feedback \\
         control=runs/finetune/control --out benchmarks/results/cpu_round_selection.json
@@ -30,7 +30,8 @@ SHOWN = ("overall", "count", "seen", "unseen")  # evaluation groups printed besi
 
 def evaluation(path: Path) -> dict:
     m = json.loads(path.read_text())["metrics"]
-    return {**{g: m["alignment"][g]["mean"] for g in SHOWN}, "well_formed": m["well_formed"]["mean"]}
+    return {**{g: m["alignment"][g]["mean"] for g in SHOWN},
+            "well_formed": m["well_formed"]["mean"]}
 
 
 def main(argv=None):
@@ -50,7 +51,8 @@ def main(argv=None):
     reward = load_reward(args.reward_dir, "python train_reward.py")
     resolution = load_model(args.pretrained)[0].cfg.resolution
     evaluator = Evaluator(1, args.steps, 3.0, resolution, reward, fd_cache=args.fd,
-                          fd_net_steps=args.fd_net_steps, heldout_per_prompt=args.samples_per_prompt)
+                          fd_net_steps=args.fd_net_steps,
+                          heldout_per_prompt=args.samples_per_prompt)
     saved = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
     signals = saved.get("signals", {})
 
@@ -58,7 +60,7 @@ def main(argv=None):
         key = f"{ckpt}@{args.samples_per_prompt}"
         if key not in signals:
             model = load_model(ckpt)[0].to(memory_format=torch.channels_last)
-            signals[key] = evaluator.heldout(model)
+            signals[key] = evaluator.heldout(model, str(ckpt))
             if args.out:  # after every checkpoint: an interrupted run keeps what it sampled
                 args.out.write_text(json.dumps({**saved, "signals": signals}, indent=1))
         return signals[key]

@@ -88,7 +88,8 @@ def read_arm(ft: Path) -> dict | None:
     rounds = sorted((ft / ft.name).glob("round*/eval.json"), key=lambda p: int(p.parent.name[5:]))
     if not pre.exists() or not rounds:
         return None
-    metrics = json.loads((ft / "metrics.json").read_text()) if (ft / "metrics.json").exists() else {}
+    done = ft / "metrics.json"
+    metrics = json.loads(done.read_text()) if done.exists() else {}
     return {"pretrained": json.loads(pre.read_text()), "finished": bool(metrics),
             "kept": metrics.get("kept", {}).get(ft.name, len(rounds)),
             "rounds": [json.loads(p.read_text()) for p in rounds]}

@@ -228,17 +228,22 @@ class Evaluator:
         if reuse and path is not None and path.exists():
             saved = json.loads(path.read_text())
             return saved["metrics"], saved["goods"], None
-        chunks = range(0, len(self.records), 256)  # the samples do not depend on the chunking
-        images = np.concatenate([generate(model, self.records[i:i + 256], self.steps,
-                                          self.guidance_scale)
-                                 for i in tqdm(chunks, desc=f"evaluate {desc}",
-                                               dynamic_ncols=True)])
+        images = self._sample(model, self.records, f"evaluate {desc}")
         m, goods = self.images(images)
         if path is not None:
             atomic_write_text(path, json.dumps({"metrics": m, "goods": goods}))
         return m, goods, images
 
-    def heldout(self, model, path: Path | None = None, reuse: bool = False) -> dict | None:
+    def _sample(self, model, records: list[dict], desc: str) -> np.ndarray:
+        """One image per record, in chunks under a progress bar (the samples do not depend on
+        the chunking): (N, H, W, 3) uint8."""
+        return np.concatenate([generate(model, records[i:i + 256], self.steps,
+                                        self.guidance_scale)
+                               for i in tqdm(range(0, len(records), 256), desc=desc,
+                                             dynamic_ncols=True)])
+
+    def heldout(self, model, desc: str = "", path: Path | None = None,
+                reuse: bool = False) -> dict | None:
         """The signal a round is chosen by, on the held-out records (heldout_records), saved to
         `path`: the learned reward's mean score, the well-formed rate (judge.analyze reads
         shapes, not the prompt; also on the one-shape prompts alone), FD and diversity against
@@ -249,14 +254,16 @@ class Evaluator:
         if reuse and path is not None and path.exists():
             return json.loads(path.read_text())
         records = self.heldout_records
-        images = generate(model, records, self.steps, self.guidance_scale)
+        images = self._sample(model, records, f"held-out {desc}")
         analyses = [analyze(im) for im in images]
         lone = np.array([r["category"] != "combination" for r in records])  # one shape asked
         formed = np.array([a["well_formed"] for a in analyses], float)
         f = features(self.fnet, images)
-        signal = {"reward": float(self.reward.score(images, [r["prompt"] for r in records]).mean()),
-                  "well_formed": float(formed.mean()), "well_formed_lone": float(formed[lone].mean()),
-                  "fd": frechet_distance(f, self.heldout_ref_feats), "diversity": diversity(f, records),
+        rewards = self.reward.score(images, [r["prompt"] for r in records])  # (N,)
+        signal = {"reward": float(rewards.mean()), "well_formed": float(formed.mean()),
+                  "well_formed_lone": float(formed[lone].mean()),
+                  "fd": frechet_distance(f, self.heldout_ref_feats),
+                  "diversity": diversity(f, records),
                   "alignment_not_used": float(np.mean([verdict(a, r["prompt"])[0]
                                                        for a, r in zip(analyses, records)])),
                   "n": len(records)}

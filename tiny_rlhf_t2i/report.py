@@ -14,7 +14,8 @@ from .plots import round_curves
 def curve_point(m: dict, heldout: dict | None) -> dict:
     """What the over-optimization curve follows: the reward against the gold judge, and the
     held-out signal the kept round is chosen by."""
-    return {"heldout": heldout, "reward": m["reward"], "alignment": m["alignment"]["overall"]["mean"],
+    return {"heldout": heldout, "reward": m["reward"],
+            "alignment": m["alignment"]["overall"]["mean"],
             **{g: m["alignment"][g]["mean"] for g in ("seen", "unseen", "count")},
             "well_formed": m["well_formed"]["mean"], "fd": m["fd"],
             "shape_fit": m["shape_fit"]["mean"], "count_breakdown": m["count_breakdown"]}
