@@ -129,7 +129,8 @@ def test_gpu_preset_runs_a_few_steps_on_the_cpu(tmp_path):
                        "--heldout_per_category", "2", "--clip_steps", "3", "--reward_steps", "3"])
     finetune.main([*tiny, "--unet_dir", d["unet"], "--reward_dir", d["reward"], "--feedback_dir",
                    d["feedback"], "--out_dir", d["finetune"], "--unlabeled_per_category", "4",
-                   "--labels_per_round", "4", "--steps", "4", "--batch_size", "8",
+                   "--labels_per_round", "4", "--steps", "4", "--rounds", "2", "--batch_size", "8",
+                   "--heldout_samples_per_prompt", "1",
                    "--eval_samples_per_prompt", "1", "--best_of_n", "2", "--fd_net_steps", "5",
                    "--warmup_steps", "1", "--runs", "feedback"])
     metrics = json.loads((tmp_path / "finetune" / "metrics.json").read_text())
