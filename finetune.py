@@ -157,8 +157,8 @@ PRESETS = {
                   feedback_dir="runs/smoke/feedback", out_dir="runs/smoke/finetune",
                   unlabeled_per_category=8, labels_per_round=8, steps=10, rounds=2,
                   batch_size=16, num_inference_steps=5,
-                  eval_samples_per_prompt=1, heldout_samples_per_prompt=1, best_of_n=2,
-                  warmup_steps=2, fd_net_steps=30),
+                  eval_samples_per_prompt=1, heldout_samples_per_prompt=0, best_of_n=2,
+                  warmup_steps=2, fd_net_steps=30),  # held-out choice off: tests switch it on
     "cpu": dict(),
     "gpu": dict(unet_dir="runs/gpu/unet", reward_dir="runs/gpu/reward",  # the cpu preset at 32 px
                 feedback_dir="data/feedback_gpu", out_dir="runs/gpu/finetune"),

@@ -73,7 +73,8 @@ def launch(root: Path, seeds: list[int], extra: list[str], labeled: Path, fd: Pa
         for name in arms:
             (s / name).mkdir(exist_ok=True)
             for done in ("pretrained_eval.json", "pretrained_heldout.json"):  # read back by
-                shutil.copy(s / "prep" / done, s / name)                      # --resume
+                if (s / "prep" / done).exists():                             # --resume
+                    shutil.copy(s / "prep" / done, s / name)
             cmd = [*script, "--runs", name, "--seed", str(seed), "--resume", "true",
                    "--out_dir", str(s / name), "--feedback_dir", str(s / "d_model"), *extra]
             procs.append((s / name, time.time(), _start(cmd, s / f"{name}.log")))

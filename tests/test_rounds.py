@@ -24,7 +24,8 @@ def test_rounds_resume_inside_and_between_rounds_like_an_uninterrupted_run(smoke
     fb = tmp_path / "feedback"
     shutil.copytree(smoke_run / "feedback" / "train", fb / "train")
     shutil.copytree(smoke_run / "fd", tmp_path / "fd")  # the FD ruler, trained once
-    anchor = ["--anchor", "1"]  # the KL anchor on: its frozen model must not break resume
+    # the KL anchor on: its frozen model must not break resume; the held-out choice on
+    anchor = ["--anchor", "1", "--heldout_samples_per_prompt", "1"]
     _finetune(smoke_run, fb, tmp_path / "a", *anchor)  # 2 rounds of 5 steps, uninterrupted
     # Interrupted inside round 1 (step 3), between the rounds (step 5), inside round 2 (step 7).
     for stop in (3, 5, 7):
