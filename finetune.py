@@ -306,7 +306,11 @@ def run_rounds(name: str, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, 
     cfg = run.config(cfg)
     per_round = cfg.steps // cfg.rounds
     model, reward, labels, evals = inputs.pretrained, inputs.reward, [inputs.stage1], []
-    models, signals = [model], [pre_signal]  # round 0 is the pretrained model
+    # The control is the same-compute reference of every round; the learned reward, which it
+    # neither trains on nor moves, has nothing to choose among its rounds. A one-round run (the
+    # paper's) keeps its round, as the paper does. Neither samples the held-out prompts.
+    chooses = run.weights is not None and cfg.rounds > 1
+    models, signals = [model], [pre_signal if chooses else None]  # round 0: the pretrained model
     for k in range(1, cfg.rounds + 1):
         folder = Path(cfg.out_dir) / name / f"round{k}"
         left = cfg.stop_after - (k - 1) * per_round  # steps left before --stop_after
@@ -334,14 +338,10 @@ def run_rounds(name: str, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, 
             evals.append(evaluator.model(model, f"{name}/round{k}", folder / "eval.json",
                                          reuse=cfg.resume))
             signals.append(evaluator.heldout(model, f"{name}/round{k}", folder / "heldout.json",
-                                             reuse=cfg.resume))
+                                             reuse=cfg.resume) if chooses else None)
             clock.lap("evaluation")
         models.append(model)
-    # The control is the same-compute reference of every round; the learned reward, which it
-    # neither trains on nor moves, has nothing to choose among its rounds. A one-round run (the
-    # paper's) keeps its round, as the paper does.
-    chooses = run.weights is not None and cfg.rounds > 1 and None not in signals
-    kept = pick_round(signals, cfg.keep_tolerance) if chooses else cfg.rounds
+    kept = cfg.rounds if None in signals else pick_round(signals, cfg.keep_tolerance)
     return RunResult(models[kept], evals, kept, signals)
 
 
