@@ -75,7 +75,7 @@ class FinetuneConfig(LoopConfig):
     feedback_dir: str = "data/feedback"  # stage 1 feedback sets; unlabeled samples go here too
     out_dir: str = "runs/finetune"  # run folder: one sub-folder per run, summary.md, grids
     runs: str = "feedback,control"  # fine-tuning runs, comma-separated (RUNS in finetune.py)
-    rounds: int = 4  # rounds of feedback, each on fresh samples of the current model (1: paper)
+    rounds: int = 3  # rounds of feedback, each on fresh samples of the current model (1: paper)
     model_t_min: int = 650  # own samples teach timesteps >= this only (0: every t, the paper)
     anchor: float = 0.0  # lambda: weight of the KL anchor to the pretrained model (0: off)
     beta_below_cut: float = 1.0  # D_pre's weight at t < model_t_min (= beta: Eq. 2 as written)
@@ -84,7 +84,7 @@ class FinetuneConfig(LoopConfig):
     beta: float = 0.1  # weight of the pretraining loss, Eq. 2 (paper: 1; see docs/results.md)
     model_fraction: float = 0.5  # fraction of each batch from D_model (paper: half)
     balance: bool = True  # rescale weights per (category, number) group (losses.balance_groups)
-    steps: int = 2000  # fine-tuning steps per run, split evenly over its rounds
+    steps: int = 1500  # fine-tuning steps per run, split evenly over its rounds
     batch_size: int = 128  # images per step, D_model and D_pre together
     lr: float = 5e-4  # peak AdamW learning rate (warmup, then cosine decay to 0)
     warmup_steps: int = 50  # linear warmup steps
