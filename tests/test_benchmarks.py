@@ -18,6 +18,7 @@ import bench_sampler  # noqa: E402
 import compare_runs  # noqa: E402
 import count_breakdown  # noqa: E402
 import d_model_weights  # noqa: E402
+import lone_shape_probe  # noqa: E402
 import pipeline_times  # noqa: E402
 import reward_breakdown  # noqa: E402
 import reward_last_block  # noqa: E402
@@ -222,3 +223,19 @@ def test_win_loss_breakdown_of_a_copy_has_no_wins_or_losses(smoke_run, tmp_path,
     assert after["malformed_one_shape"] == before["malformed_one_shape"]
     assert after["one_shape_blobs_why"] == before["one_shape_blobs_why"]
     assert "color:" in capsys.readouterr().out
+
+
+def test_lone_shape_probe_asks_what_no_stage_asks_on_seeds_of_its_own(smoke_run, tmp_path):
+    from tiny_rlhf_t2i.evaluate import eval_records, heldout_records
+    from tiny_rlhf_t2i.feedback import feedback_records
+    probe = [r for t in lone_shape_probe.TEMPLATES for r in lone_shape_probe.records(t)]
+    asked = {r["prompt"] for r in eval_records(1) + heldout_records(1)
+             + feedback_records("seen", 200, 0)}
+    assert len(probe) == 3 * 64 + 3 * 6 * 8 and not {r["prompt"] for r in probe} & asked
+    others = {r["seed"] for r in heldout_records(4) + eval_records(16) + eval_records(16, val=True)}
+    assert len({r["seed"] for r in probe}) == len(probe) and not {r["seed"] for r in probe} & others
+    out, ckpt = tmp_path / "probe.json", smoke_run / "unet" / "ckpt.pt"
+    lone_shape_probe.main([str(ckpt), "--steps", "1", "--out", str(out)])
+    row = json.loads(out.read_text())["results"][str(ckpt)]
+    assert [r["n"] for r in row.values()] == [192, 144]
+    assert all(0 <= r["well_formed"] <= 1 for r in row.values())
