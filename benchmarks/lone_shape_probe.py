@@ -12,7 +12,6 @@ checkpoint the judge's well-formed rate per template and why the malformed blobs
 """
 import argparse
 import collections
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from stage3_seeds import machine  # noqa: E402
+from stage3_seeds import write_record  # noqa: E402
 from tiny_rlhf_t2i import seeds  # noqa: E402
 from tiny_rlhf_t2i.evaluate import generate  # noqa: E402
 from tiny_rlhf_t2i.judge import analyze  # noqa: E402
@@ -65,9 +64,7 @@ def main(argv=None):
         print(f"{path}: " + "; ".join(f"{t} well-formed {100 * r['well_formed']:.1f}% of {r['n']}"
                                       f" {r['why']}" for t, r in row.items()), flush=True)
     if args.out:
-        where = {**machine(), "torch_threads_per_arm": torch.get_num_threads()}
-        args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), **where,
-                                        "results": results}, indent=1) + "\n")
+        write_record(args.out, results, torch.get_num_threads())
 
 
 if __name__ == "__main__":

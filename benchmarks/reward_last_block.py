@@ -16,7 +16,6 @@ the logit (no ties at a reward of 1.0). "four" is the pairwise accuracy on "four
 where the bad images mostly hold three shapes and a malformed blob.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from tiny_rlhf_t2i import reward  # noqa: E402
 from tiny_rlhf_t2i.clip import Clip, ClipConfig  # noqa: E402
 from tiny_rlhf_t2i.evaluate import pairwise_accuracy  # noqa: E402
 from tiny_rlhf_t2i.feedback import load_feedback  # noqa: E402
-from stage3_seeds import machine  # noqa: E402
+from stage3_seeds import write_record  # noqa: E402
 from tiny_rlhf_t2i.files import load_checkpoint, pick_device  # noqa: E402
 
 
@@ -103,9 +102,7 @@ def main(argv=None):
         print("| %s | mean | %s |" % (variant, " | ".join(
             "%.1f" % np.mean([r[k] for r in rs]) for k in keys)))
     if args.out:
-        where = {**machine(), "torch_threads_per_arm": torch.get_num_threads()}
-        args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), **where,
-                                        "results": results}, indent=1) + "\n")
+        write_record(args.out, results, torch.get_num_threads())
 
 
 if __name__ == "__main__":

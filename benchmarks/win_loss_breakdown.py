@@ -14,14 +14,13 @@ reports' wins : losses.
 """
 import argparse
 import collections
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from stage3_seeds import machine  # noqa: E402
+from stage3_seeds import write_record  # noqa: E402
 from tiny_rlhf_t2i.evaluate import eval_records, generate, score  # noqa: E402
 from tiny_rlhf_t2i.judge import analyze  # noqa: E402
 from tiny_rlhf_t2i.unet import load_model  # noqa: E402
@@ -81,9 +80,7 @@ def main(argv=None):
             print(f"    {cat}: {c['wins']} wins, {c['losses']} losses ({c['losses_malformed']} "
                   f"holding a malformed blob) of {c['images']}")
     if args.out:
-        where = {**machine(), "torch_threads_per_arm": torch.get_num_threads()}
-        args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), **where,
-                                        "results": results}, indent=1) + "\n")
+        write_record(args.out, results, torch.get_num_threads())
 
 
 if __name__ == "__main__":
