@@ -7,8 +7,10 @@ shape only on a background ("a red circle on a gray background"). This probe ask
 with no background in two templates that neither feedback nor the evaluation holds: "a circle"
 (64 samples per seen shape) and "one red circle" (8 per seen shape and color), with the
 evaluation's sampler, on seeds of their own (past the held-out prompts' stream), and prints per
-checkpoint the judge's well-formed rate per template and why the malformed blobs are malformed
-(judge.analyze). It reads no evaluation prompt, so it may help choose settings.
+checkpoint the judge's well-formed rate per template and why its malformed blobs are malformed
+(judge.analyze; an image also fails well-formed on a smeared background or with no shape at
+all, which no blob's reason counts). It reads no evaluation prompt, so it may help choose
+settings.
 """
 import argparse
 import collections

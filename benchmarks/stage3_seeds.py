@@ -261,12 +261,12 @@ def machine() -> dict:
             "torch_threads_per_arm": 1}
 
 
-
 def write_record(out: Path, results, threads: int) -> None:
     """A benchmark's JSON record: the command line that made it, where it ran, its results."""
     out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), **machine(),
                                "torch_threads_per_arm": threads, "results": results},
                               indent=1) + "\n")
+
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
