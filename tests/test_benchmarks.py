@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny_rlhf_t2i.evaluate import pick_round
+from tiny_rlhf_t2i.evaluate import eval_records, heldout_records, pick_round
+from tiny_rlhf_t2i.feedback import feedback_records
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -226,8 +227,6 @@ def test_win_loss_breakdown_of_a_copy_has_no_wins_or_losses(smoke_run, tmp_path,
 
 
 def test_lone_shape_probe_asks_what_no_stage_asks_on_seeds_of_its_own(smoke_run, tmp_path):
-    from tiny_rlhf_t2i.evaluate import eval_records, heldout_records
-    from tiny_rlhf_t2i.feedback import feedback_records
     probe = [r for t in lone_shape_probe.TEMPLATES for r in lone_shape_probe.records(t)]
     asked = {r["prompt"] for r in eval_records(1) + heldout_records(1)
              + feedback_records("seen", 200, 0)}
