@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from tiny_rlhf_t2i.judge import analyze, connected_components, judge, well_formed
+from tiny_rlhf_t2i.judge import (analyze, connected_components, judge, silhouette_fits, verdict,
+                                 well_formed)
 from tiny_rlhf_t2i.scenes import Scene, render, render_prompt
 from tiny_rlhf_t2i.selfcheck import selfcheck
 from tiny_rlhf_t2i.world import COLORS, PALETTE
@@ -11,7 +12,7 @@ from tiny_rlhf_t2i.world import COLORS, PALETTE
 @pytest.mark.parametrize("res", [16, 32, 64])
 def test_selfcheck_agreement_and_rejection(res):
     report = selfcheck(n=150, resolution=res, seed=1)
-    assert report["agreement"] == {"prompt": 1.0, "full": 1.0}, report["failures"]
+    assert report["agreement"] == {"prompt": 1.0, "full": 1.0, "strict": 1.0}, report["failures"]
     assert all(v == 1.0 for v in report["rejection"].values()), report["failures"]
 
 
@@ -124,3 +125,24 @@ def test_connected_components_equal_a_flood_fill(diagonal):
     for mask in masks + [snake, np.zeros((16, 16), bool), np.ones((16, 16), bool)]:
         ours = [sorted(map(tuple, c.tolist())) for c in connected_components(mask, diagonal)]
         assert ours == flood_fill_components(mask, diagonal)
+
+
+def test_strict_judge_rejects_a_shape_between_two_and_keeps_a_pixel_off():
+    # left half a circle, right half a diamond: its fill and balance read as a circle, so the
+    # judge accepts it; the strict judge sees it matches no clean render closely enough
+    circle = render(Scene("circle", "red", "gray", ((0.5, 0.5, 0.24),)), 16)
+    diamond = render(Scene("diamond", "red", "gray", ((0.5, 0.5, 0.24),)), 16)
+    between = np.concatenate([circle[:, :8], diamond[:, 8:]], 1)
+    a = analyze(between)
+    assert verdict(a, "a red circle") == (True, "asked for 1 red circle, found 1 red circle on gray")
+    assert a["well_formed"] and not a["well_formed_strict"] and len(a["in_between"]) == 1
+    assert verdict(a, "a red circle", strict=True) == (
+        False, "asked for 1 red circle, found 1 red circle on gray (1 of the shapes not drawn "
+        "cleanly)")
+    # one extra pixel on a clean circle is a slip, not another shape: both judges accept it
+    nudged = circle.copy()
+    ys, xs = np.nonzero((circle == COLORS["red"]).all(-1))
+    nudged[ys.min() - 1, xs[ys == ys.min()][0]] = COLORS["red"]
+    a = analyze(nudged)
+    assert verdict(a, "a red circle", strict=True)[0] and a["well_formed_strict"]
+    assert 0.9 <= silhouette_fits(np.argwhere((nudged == COLORS["red"]).all(-1)), 16)["circle"] < 1

@@ -68,13 +68,21 @@ def alignment(goods: list[bool], records: list[dict]) -> dict:
 
 def score(images: np.ndarray, records: list[dict],
           analyses: list[dict] | None = None) -> tuple[dict, list[bool], list[str]]:
-    """Judge every image against its prompt: (metrics, goods, reasons). analyses: the images'
-    judge.analyze, if the caller has them (Evaluator measures shape fit on them too)."""
-    analyses = analyses or [analyze(im) for im in images]  # once, for both verdicts
+    """Judge every image against its prompt: (metrics, goods, reasons), goods and reasons the
+    judge's (the labels' judge); metrics hold the strict judge's alignment and well-formed rate
+    too. analyses: the images' judge.analyze, if the caller has them (Evaluator measures shape
+    fit on them too)."""
+    analyses = analyses or [analyze(im) for im in images]  # once, for every verdict
     verdicts = [verdict(a, r["prompt"]) for a, r in zip(analyses, records)]
     goods = [g for g, _ in verdicts]
+    strict = [verdict(a, r["prompt"], strict=True)[0] for a, r in zip(analyses, records)]
+    n = len(analyses)
     metrics = {"alignment": alignment(goods, records),
-               "well_formed": proportion_ci(sum(a["well_formed"] for a in analyses), len(analyses))}
+               "well_formed": proportion_ci(sum(a["well_formed"] for a in analyses), n),
+               # the strict judge (judge.MIN_FIT): what the labels' judge let through
+               "alignment_strict": alignment(strict, records),
+               "well_formed_strict": proportion_ci(sum(a["well_formed_strict"] for a in analyses),
+                                                   n)}
     return metrics, goods, [r for _, r in verdicts]
 
 

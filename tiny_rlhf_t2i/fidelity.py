@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .diffusion import to_model_space
 from .files import load_checkpoint, save_checkpoint
-from .scenes import render, sample_scene, shape_mask
+from .scenes import render, sample_scene
 from .world import BACKGROUNDS, COLORS, MAX_COUNT, SHAPES, Spec, parse
 
 FEATURES = 64  # feature dimension
@@ -117,29 +117,11 @@ def diversity(feats: np.ndarray, records: list[dict]) -> float:
 
 def shape_fit(a: dict) -> list[float]:
     """For each blob of an image's analysis a = judge.analyze(image) (8-connected pixels that are
-    not the most common color, the background; specks skipped), the best intersection-over-union
-    with a clean shape: any of the four shapes, centered on a pixel center within 2 px of the
-    blob's centroid, with a radius of k + 1/2 px (the renderer's grid, scenes.on_grid) whose area
-    is near the blob's. A clean render scores exactly 1 per object; a soft, broken or in-between
-    shape less. Two shapes merged into one blob score low, as they should."""
-    side = a["side"]
-    ys, xs = np.mgrid[0:side, 0:side] + 0.5  # pixel centers
-    fits = []
-    for pixels in a["blobs"]:
-        blob = np.zeros((side, side), bool)
-        blob[pixels[:, 0], pixels[:, 1]] = True
-        cy, cx = pixels.mean(0) + 0.5
-        radii = np.arange(np.floor(np.sqrt(len(pixels) / 3.6)), np.sqrt(len(pixels) / 1.4) + 1) + 0.5
-        centers = [(np.floor(cx) + dx + 0.5, np.floor(cy) + dy + 0.5)
-                   for dx in (-1, 0, 1) for dy in (-2, -1, 0, 1, 2)]
-        px, py, r = (np.array(v)[:, None, None] for v in  # (candidates, 1, 1)
-                     zip(*[(x, y, rr) for x, y in centers for rr in radii]))
-        best = 0.0
-        for shape in SHAPES:
-            masks = shape_mask(shape, xs - px, ys - py, r)  # (candidates, H, W)
-            best = max(best, float(((masks & blob).sum((1, 2)) / (masks | blob).sum((1, 2))).max()))
-        fits.append(best)
-    return fits
+    not the most common color, the background; specks skipped), its best intersection-over-union
+    with a clean render of any of the four shapes (judge.silhouette_fits). A clean render scores
+    exactly 1 per object; a soft, broken or in-between shape less. Two shapes merged into one
+    blob score low, as they should."""
+    return [max(f.values()) for f in a["fits"]]
 
 
 def shape_fit_summary(analyses: list[dict]) -> dict:

@@ -18,16 +18,24 @@
    the asked-for count.
 
 `well_formed(image)` is the prompt-free half of this: a clean background and only clean shapes.
+
+The strict judge (`verdict(..., strict=True)`) adds (e): a clean shape must also match the clean
+render of the shape it is read as, at the best on-grid place and size, with an intersection-
+over-union of at least MIN_FIT (silhouette_fits). The features of (d) accept a blob halfway
+between a circle and a diamond; (e) does not. Clean renders match exactly, so the strict judge
+is as exact on them. Stage 1 labels with the judge; the evaluation reports both.
 """
 import numpy as np
 
-from .world import BACKGROUNDS, COLORS, PALETTE, PLURAL, Spec, parse
+from .scenes import shape_mask
+from .world import BACKGROUNDS, COLORS, PALETTE, PLURAL, SHAPES, Spec, parse
 
 PALETTE_NAMES = tuple(PALETTE)
 PALETTE_RGB = np.array([PALETTE[n] for n in PALETTE_NAMES], np.int32)  # (P, 3)
 OFF_PALETTE = 60.0  # RGB distance beyond which a pixel belongs to no palette color
 CLEAN_COLOR = 0.8  # fraction of a clean blob's pixels that must be its dominant object color
 SPECK_AREA = 2  # blobs this small (pixels, at 16 px; scaled by area at larger sizes) are ignored
+MIN_FIT = 0.9  # the strict judge's (e): at most about one pixel in ten off the clean shape
 
 
 def quantize(image: np.ndarray) -> np.ndarray:
@@ -102,9 +110,32 @@ def classify_silhouette(pixels: np.ndarray) -> str | None:
     return None
 
 
+def silhouette_fits(pixels: np.ndarray, side: int) -> dict[str, float]:
+    """For a blob's (y, x) pixels in a side x side image: per shape, the best intersection-over-
+    union with a clean render of that shape, centered on a pixel center near the blob's
+    centroid (within 1 px across and 2 down or up, twice that at 64 px), with a radius of k + 1/2 px (the renderer's grid, scenes.on_grid) whose
+    area is near the blob's. A clean render's object matches its own shape exactly (1.0)."""
+    ys, xs = np.mgrid[0:side, 0:side] + 0.5  # pixel centers
+    blob = np.zeros((side, side), bool)
+    blob[pixels[:, 0], pixels[:, 1]] = True
+    cy, cx = pixels.mean(0) + 0.5
+    radii = np.arange(np.floor(np.sqrt(len(pixels) / 3.6)), np.sqrt(len(pixels) / 1.4) + 1) + 0.5
+    reach = max(1, side // 32)  # a triangle's centroid sits below its center, more px at 64 px
+    centers = [(np.floor(cx) + dx + 0.5, np.floor(cy) + dy + 0.5)
+               for dx in range(-reach, reach + 1) for dy in range(-2 * reach, 2 * reach + 1)]
+    px, py, r = (np.array(v)[:, None, None] for v in  # (candidates, 1, 1)
+                 zip(*[(x, y, rr) for x, y in centers for rr in radii]))
+    fits = {}
+    for shape in SHAPES:
+        masks = shape_mask(shape, xs - px, ys - py, r)  # (candidates, H, W)
+        fits[shape] = float(((masks & blob).sum((1, 2)) / (masks | blob).sum((1, 2))).max())
+    return fits
+
+
 def analyze(image: np.ndarray) -> dict:
-    """Everything the judge sees in an image: background, clean shapes, malformed blobs, and
-    the (y, x) pixels of every blob beyond a speck (what fidelity.shape_fit measures)."""
+    """Everything the judge sees in an image: background, clean shapes, malformed blobs, the
+    clean shapes the strict judge rejects (in_between), and every blob's silhouette_fits (what
+    fidelity.shape_fit measures)."""
     q = quantize(image)
     side = image.shape[0]
     counts = np.bincount(q[q >= 0].ravel(), minlength=len(PALETTE_NAMES))
@@ -124,10 +155,11 @@ def analyze(image: np.ndarray) -> dict:
     parts = np.zeros(len(blobs), int)
     for part in connected_components(foreground, diagonal=False):
         parts[blob_of[part[0, 0], part[0, 1]]] += len(part) > speck
-    shapes, malformed, why = [], [], []  # shapes: list of (color, shape)
+    shapes, malformed, why, in_between, fits = [], [], [], [], []  # shapes: (color, shape)
     for pixels, n_parts in zip(blobs, parts):
         if len(pixels) <= speck:
             continue
+        fits.append(silhouette_fits(pixels, side))
         colors = q[pixels[:, 0], pixels[:, 1]]
         idx, n = np.unique(colors[colors >= 0], return_counts=True)
         dominant = PALETTE_NAMES[idx[n.argmax()]] if len(idx) else None
@@ -136,6 +168,8 @@ def analyze(image: np.ndarray) -> dict:
                  else None)
         if clean_color and shape:
             shapes.append((dominant, shape))
+            if fits[-1][shape] < MIN_FIT:  # (e): read as a shape, but not drawn as one
+                in_between.append(fits[-1][shape])
         else:  # and why, the first reason that applies
             malformed.append(len(pixels))
             why.append("too large" if len(pixels) > hi else "too small" if len(pixels) < lo
@@ -144,10 +178,11 @@ def analyze(image: np.ndarray) -> dict:
     # Every pixel that is not the background belongs to a blob, so a smear on the background is a
     # malformed blob (or an ignored speck): the background is clean when it is a background color.
     clean_bg = background in BACKGROUNDS
+    formed = clean_bg and not malformed and len(shapes) > 0
     return {"background": background, "clean_background": clean_bg, "shapes": shapes,
-            "malformed": malformed, "malformed_why": why,
-            "well_formed": clean_bg and not malformed and len(shapes) > 0,
-            "side": side, "blobs": [pixels for pixels in blobs if len(pixels) > speck]}
+            "malformed": malformed, "malformed_why": why, "in_between": in_between,
+            "well_formed": formed, "well_formed_strict": formed and not in_between,
+            "fits": fits}
 
 
 def _describe(shapes: list[tuple[str, str]]) -> str:
@@ -170,19 +205,23 @@ def judge(image: np.ndarray, prompt: str | Spec) -> tuple[bool, str]:
     return verdict(analyze(image), prompt)
 
 
-def verdict(a: dict, prompt: str | Spec) -> tuple[bool, str]:
+def verdict(a: dict, prompt: str | Spec, strict: bool = False) -> tuple[bool, str]:
     """judge's verdict from an image's analysis (analyze): one analysis serves both judge and
-    well_formed when a caller wants both."""
+    well_formed when a caller wants both. strict: the strict judge, which also rejects an image
+    with a clean shape that is not drawn as one (criterion e, MIN_FIT)."""
     spec = parse(prompt) if isinstance(prompt, str) else prompt
     found = f"found {_describe(a['shapes'])} on {a['background']}"
     if a["malformed"]:
         found += f" and {len(a['malformed'])} malformed blob(s)"
+    if strict and a["in_between"]:
+        found += f" ({len(a['in_between'])} of the shapes not drawn cleanly)"
     reason = f"asked for {_asked(spec)}, {found}"
     if not a["clean_background"]:
         return False, reason + " (background not clean)"
     wanted = [s for s in a["shapes"] if s[1] == spec.shape and spec.color in (None, s[0])]
     wrong_background = spec.background and a["background"] != spec.background
-    if wrong_background or a["malformed"] or len(wanted) != len(a["shapes"]):  # or an extra kind
+    if (wrong_background or a["malformed"] or (strict and a["in_between"])
+            or len(wanted) != len(a["shapes"])):  # or an extra kind
         return False, reason
     return (len(wanted) >= 1 if spec.count is None else len(wanted) == spec.count), reason
 

@@ -4,6 +4,7 @@ Prints JSON: for each resolution, on N random clean renders,
   agreement.prompt - the scene was sampled for a random template prompt (free attributes drawn at
                      random): how often the judge says "good" for that prompt;
   agreement.full   - the same for the full description of the scene (every attribute named);
+  agreement.strict - agreement.prompt for the strict judge (judge.MIN_FIT);
   rejection.<attr> - how often it says "bad" once that one attribute of the full description is
                      changed, i.e. for a render of a different scene;
   renders_per_s    - renderer throughput (one image at a time, this machine).
@@ -16,7 +17,7 @@ import time
 
 import numpy as np
 
-from .judge import judge
+from .judge import analyze, verdict
 from .scenes import render, sample_scene
 from .world import ATTRIBUTES, RESOLUTIONS, all_prompts, perturb
 
@@ -29,17 +30,19 @@ def selfcheck(n: int, resolution: int, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     images = [render(s, resolution) for s in scenes]
     renders_per_s = n / (time.perf_counter() - t0)
-    agree = {"prompt": 0, "full": 0}
+    agree = {"prompt": 0, "full": 0, "strict": 0}
     rejected = dict.fromkeys(ATTRIBUTES, 0)
     failures = []
     for spec, scene, image in zip(asked, scenes, images):
-        for key, prompt in (("prompt", spec), ("full", scene.spec)):
-            good, reason = judge(image, prompt)
+        a = analyze(image)
+        for key, prompt, strict in (("prompt", spec, False), ("full", scene.spec, False),
+                                    ("strict", spec, True)):
+            good, reason = verdict(a, prompt, strict)
             agree[key] += good
             if not good and len(failures) < 5:
                 failures.append(reason)
         for attr in ATTRIBUTES:
-            good, reason = judge(image, perturb(scene.spec, attr, rng))
+            good, reason = verdict(a, perturb(scene.spec, attr, rng))
             rejected[attr] += not good
             if good and len(failures) < 5:
                 failures.append(f"accepted a changed {attr}: {reason}")
