@@ -18,7 +18,17 @@ def curve_point(m: dict, heldout: dict | None) -> dict:
             "alignment": m["alignment"]["overall"]["mean"],
             **{g: m["alignment"][g]["mean"] for g in ("seen", "unseen", "count")},
             "well_formed": m["well_formed"]["mean"], "fd": m["fd"],
-            "shape_fit": m["shape_fit"]["mean"], "count_breakdown": m["count_breakdown"]}
+            "shape_fit": m["shape_fit"]["mean"], "count_breakdown": m["count_breakdown"],
+            **strict(m)}
+
+
+def strict(m: dict) -> dict:
+    """The strict judge's overall alignment and well-formed rate (judge.MIN_FIT); None in an
+    evaluation saved before the strict judge existed (a resumed run)."""
+    return {"alignment_strict": m["alignment_strict"]["overall"]["mean"]
+            if "alignment_strict" in m else None,
+            "well_formed_strict": m["well_formed_strict"]["mean"]
+            if "well_formed_strict" in m else None}
 
 
 def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict,
@@ -80,6 +90,7 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
     over-optimization curve) with the held-out signal that chose the kept round."""
     pct = lambda r: "-" if r is None else (f"{100 * r['win']:.1f} / {100 * r['tie']:.1f} / "
                                            f"{100 * r['loss']:.1f}")
+    pc = lambda v: "-" if v is None else f"{100 * v:.1f}"
     lines = [f"# Stage 3: reward-weighted fine-tuning (preset {cfg.preset}, "
              f"{seconds / 60:.1f} min)", "",
              "Time per phase: " + "; ".join(f"{k} {v / 60:.1f} min" for k, v in phases.items())
@@ -89,9 +100,9 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
              f"({cfg.eval_samples_per_prompt} samples per evaluation prompt, {cfg.evaluation} "
              f"seeds), each run at the round it keeps:", "",
              alignment_table(metrics), "| model | weights | rounds (kept) | t_min | anchor | beta "
-             "| balanced | labels | FD | shape fit: mean / exact | diversity "
-             "| win / tie / loss vs pretrained | vs control |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| balanced | labels | FD | shape fit: mean / exact | strict judge: alignment / "
+             "well-formed | diversity | win / tie / loss vs pretrained | vs control |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in metrics.items():
         c = run_cfgs.get(name)
         rounds = "-" if c is None else f"{c.rounds} ({kept[name]})"
@@ -100,7 +111,9 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
         lines.append(f"| {name} | {weights.get(name) or '-'} | {rounds} | "
                      + " | ".join(map(str, tuned)) + f" | {n_labels.get(name, '-')} | "
                      f"{m['fd']:.2f} | {m['shape_fit']['mean']:.3f} / "
-                     f"{100 * m['shape_fit']['exact']:.1f}% | {m['diversity']:.2f} | "
+                     f"{100 * m['shape_fit']['exact']:.1f}% | "
+                     + " / ".join(pc(v) for v in strict(m).values())
+                     + f" | {m['diversity']:.2f} | "
                      f"{pct(m.get('win_rate_vs_pretrained'))} | "
                      f"{pct(m.get('win_rate_vs_control'))} |")
     lines += ["", "Every round (round 0: the pretrained model). Held-out: mean r_phi and "
@@ -108,8 +121,9 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
               "r_phi of stage 2's reward on the evaluation samples; count per number: good / "
               "asked (bad ones with a malformed blob):", "",
               "| run | round | steps | held-out reward / well-formed | reward | alignment | seen "
-              "| unseen | count | well-formed | FD | shape fit | count per number |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| unseen | count | well-formed | strict: alignment / well-formed | FD | shape fit "
+              "| count per number |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, points in curves.items():
         for p in points:
             per_number = ", ".join(f"{w} {t['good']}/{t['asked']} ({t['malformed']})"
@@ -121,5 +135,6 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
                          + " | ".join(f"{100 * p[g]:.1f}" for g in ("alignment", "seen",
                                                                      "unseen", "count",
                                                                      "well_formed"))
+                         + f" | {pc(p['alignment_strict'])} / {pc(p['well_formed_strict'])}"
                          + f" | {p['fd']:.1f} | {p['shape_fit']:.3f} | {per_number} |")
     return "\n".join(lines) + "\n"
