@@ -11,8 +11,8 @@ pretrained evaluation, and run at the committed defaults plus the arguments afte
 --device cuda, or --evaluation val to choose settings on the validation seeds).
 
 `table` reads every arm's per-round evaluations (ARM/<run>/round<k>/eval.json) and prints, per
-seed and as mean [min, max] over seeds, each arm's alignment, well-formed and FD at the round
-it keeps (finetune.py's held-out choice, ARM/metrics.json; round 0 is the pretrained model) against
+seed and as mean [min, max] over seeds, each arm's alignment, well-formed and FD (and the strict
+judge's alignment and well-formed, where the evaluations hold them) at the round it keeps (finetune.py's held-out choice, ARM/metrics.json; round 0 is the pretrained model) against
 the pretrained model and against the control of the same seed, the win / loss rates from the
 same per-image verdicts, the over-optimization curve (every round) and the count per number.
 With --out it writes the same numbers as JSON: for each seed, arm and round the groups'
@@ -112,6 +112,9 @@ def summarize(m: dict) -> dict:
     out.update(well_formed=100 * m["well_formed"]["mean"], fd=m["fd"], reward=m["reward"],
                shape_fit=m["shape_fit"]["mean"], diversity=m["diversity"],
                count_breakdown=m["count_breakdown"])
+    if "alignment_strict" in m:  # the strict judge (judge.MIN_FIT), in evaluations since it exists
+        out.update({f"strict_{g}": 100 * m["alignment_strict"][g]["mean"] for g in GROUPS},
+                   well_formed_strict=100 * m["well_formed_strict"]["mean"])
     return out
 
 
@@ -182,12 +185,21 @@ def headline(per_seed: dict) -> str:
                                   for a in arms) + " |")
     lines.append("| wins : losses vs pretrained | - | " + " | ".join(
         _agg([r["wins"] / max(r["losses"], 1e-9) for r in cols[a]]) for a in arms) + " |")
+    strict = [("strict_overall", "overall, strict judge"), ("strict_count", "count, strict judge"),
+              ("strict_seen", "seen, strict judge"), ("strict_unseen", "unseen, strict judge"),
+              ("well_formed_strict", "well-formed, strict judge")]
+    has_strict = all("strict_overall" in r for r in pre + [r for a in arms for r in cols[a]])
+    if has_strict:
+        for key, label in strict:
+            lines.append(f"| {label} | {_agg([p[key] for p in pre])} | "
+                         + " | ".join(_agg([r[key] for r in cols[a]]) for a in arms) + " |")
     if "control" in cols:
         ctrl = cols["control"]
-        lines.append("| count vs control | - | " + " | ".join(
-            "-" if a == "control" else _agg([r["count"] - c["count"]
-                                             for r, c in zip(cols[a], ctrl)]) for a in arms)
-                     + " |")
+        for key, label in [("count", "count")] + ([("strict_count", "count, strict judge")]
+                                                  if has_strict else []):
+            lines.append(f"| {label} vs control | - | " + " | ".join(
+                "-" if a == "control" else _agg([r[key] - c[key] for r, c in zip(cols[a], ctrl)])
+                for a in arms) + " |")
     return "\n".join(lines)
 
 

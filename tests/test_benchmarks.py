@@ -26,6 +26,7 @@ import reward_last_block  # noqa: E402
 import reward_seeds  # noqa: E402
 import round_selection  # noqa: E402
 import stage3_seeds  # noqa: E402
+import strict_labels  # noqa: E402
 import win_loss_breakdown  # noqa: E402
 
 
@@ -238,3 +239,27 @@ def test_lone_shape_probe_asks_what_no_stage_asks_on_seeds_of_its_own(smoke_run,
     row = json.loads(out.read_text())["results"][str(ckpt)]
     assert [r["n"] for r in row.values()] == [192, 144]
     assert all(0 <= r["well_formed"] <= 1 for r in row.values())
+
+
+def test_strict_labels_labels_with_the_strict_judge_and_restores_the_judge(smoke_run, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from tiny_rlhf_t2i import feedback
+    from tiny_rlhf_t2i.judge import judge
+    from tiny_rlhf_t2i.scenes import Scene, render
+    circle = render(Scene("circle", "red", "gray", ((0.5, 0.5, 0.24),)), 16)
+    diamond = render(Scene("diamond", "red", "gray", ((0.5, 0.5, 0.24),)), 16)
+    between = np.concatenate([circle[:, :8], diamond[:, 8:]], 1)  # read as a circle, drawn half
+    assert judge(between, "a red circle")[0] and not strict_labels.strict_judge(between,
+                                                                                "a red circle")[0]
+    out = tmp_path / "strict"
+    strict_labels.main(["--out", str(out), "--preset", "smoke", "--unet_dir",
+                        str(smoke_run / "unet")])
+    assert feedback.judge is judge  # put back for whatever runs next
+    rows = [json.loads(line) for line in (out / "feedback" / "train" / "labels.jsonl").open()]
+    for r in rows:  # every label is the strict judge's verdict of its image (or its flip)
+        image = np.asarray(Image.open(out / "feedback" / "train" / r["image"]).convert("RGB"))
+        flipped = r["reason"].endswith("(label flipped)")
+        assert r["label"] == int(strict_labels.strict_judge(image, r["prompt"])[0] != flipped)
+    assert (out / "finetune" / "metrics.json").exists()
