@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .diffusion import to_model_space
 from .files import load_checkpoint, save_checkpoint
+from .judge import silhouette_fits
 from .scenes import render, sample_scene
 from .world import BACKGROUNDS, COLORS, MAX_COUNT, SHAPES, Spec, parse
 
@@ -121,7 +122,7 @@ def shape_fit(a: dict) -> list[float]:
     with a clean render of any of the four shapes (judge.silhouette_fits). A clean render scores
     exactly 1 per object; a soft, broken or in-between shape less. Two shapes merged into one
     blob score low, as they should."""
-    return [max(f.values()) for f in a["fits"]]
+    return [max(silhouette_fits(pixels, a["side"]).values()) for pixels in a["blobs"]]
 
 
 def shape_fit_summary(analyses: list[dict]) -> dict:

@@ -110,7 +110,7 @@ def classify_silhouette(pixels: np.ndarray) -> str | None:
     return None
 
 
-def silhouette_fits(pixels: np.ndarray, side: int) -> dict[str, float]:
+def silhouette_fits(pixels: np.ndarray, side: int, shapes=SHAPES) -> dict[str, float]:
     """For a blob's (y, x) pixels in a side x side image: per shape, the best intersection-over-
     union with a clean render of that shape, centered on a pixel center near the blob's
     centroid (within 1 px across and 2 down or up, twice that at 64 px), with a radius of k + 1/2 px (the renderer's grid, scenes.on_grid) whose
@@ -126,7 +126,7 @@ def silhouette_fits(pixels: np.ndarray, side: int) -> dict[str, float]:
     px, py, r = (np.array(v)[:, None, None] for v in  # (candidates, 1, 1)
                  zip(*[(x, y, rr) for x, y in centers for rr in radii]))
     fits = {}
-    for shape in SHAPES:
+    for shape in shapes:
         masks = shape_mask(shape, xs - px, ys - py, r)  # (candidates, H, W)
         fits[shape] = float(((masks & blob).sum((1, 2)) / (masks | blob).sum((1, 2))).max())
     return fits
@@ -134,8 +134,8 @@ def silhouette_fits(pixels: np.ndarray, side: int) -> dict[str, float]:
 
 def analyze(image: np.ndarray) -> dict:
     """Everything the judge sees in an image: background, clean shapes, malformed blobs, the
-    clean shapes the strict judge rejects (in_between), and every blob's silhouette_fits (what
-    fidelity.shape_fit measures)."""
+    fit of each clean shape the strict judge rejects (in_between), and the (y, x) pixels of
+    every blob beyond a speck (what fidelity.shape_fit measures)."""
     q = quantize(image)
     side = image.shape[0]
     counts = np.bincount(q[q >= 0].ravel(), minlength=len(PALETTE_NAMES))
@@ -155,11 +155,10 @@ def analyze(image: np.ndarray) -> dict:
     parts = np.zeros(len(blobs), int)
     for part in connected_components(foreground, diagonal=False):
         parts[blob_of[part[0, 0], part[0, 1]]] += len(part) > speck
-    shapes, malformed, why, in_between, fits = [], [], [], [], []  # shapes: (color, shape)
+    shapes, malformed, why, in_between = [], [], [], []  # shapes: list of (color, shape)
     for pixels, n_parts in zip(blobs, parts):
         if len(pixels) <= speck:
             continue
-        fits.append(silhouette_fits(pixels, side))
         colors = q[pixels[:, 0], pixels[:, 1]]
         idx, n = np.unique(colors[colors >= 0], return_counts=True)
         dominant = PALETTE_NAMES[idx[n.argmax()]] if len(idx) else None
@@ -168,8 +167,9 @@ def analyze(image: np.ndarray) -> dict:
                  else None)
         if clean_color and shape:
             shapes.append((dominant, shape))
-            if fits[-1][shape] < MIN_FIT:  # (e): read as a shape, but not drawn as one
-                in_between.append(fits[-1][shape])
+            fit = silhouette_fits(pixels, side, (shape,))[shape]
+            if fit < MIN_FIT:  # (e): read as a shape, but not drawn as one
+                in_between.append(fit)
         else:  # and why, the first reason that applies
             malformed.append(len(pixels))
             why.append("too large" if len(pixels) > hi else "too small" if len(pixels) < lo
@@ -182,7 +182,7 @@ def analyze(image: np.ndarray) -> dict:
     return {"background": background, "clean_background": clean_bg, "shapes": shapes,
             "malformed": malformed, "malformed_why": why, "in_between": in_between,
             "well_formed": formed, "well_formed_strict": formed and not in_between,
-            "fits": fits}
+            "side": side, "blobs": [pixels for pixels in blobs if len(pixels) > speck]}
 
 
 def _describe(shapes: list[tuple[str, str]]) -> str:
