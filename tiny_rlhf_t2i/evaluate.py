@@ -254,7 +254,8 @@ class Evaluator:
                 reuse: bool = False) -> dict | None:
         """The signal a round is chosen by, on the held-out records (heldout_records), saved to
         `path`: the learned reward's mean score, the well-formed rate (judge.analyze reads
-        shapes, not the prompt; also on the one-shape prompts alone), FD and diversity against
+        shapes, not the prompt; also on the one-shape prompts alone, and the strict judge's),
+        FD and diversity against
         clean renders of the same records. The gold alignment is recorded beside them to check
         the choice, never used to make it. None when no round is chosen (no held-out records)."""
         if not self.heldout_records:
@@ -270,6 +271,7 @@ class Evaluator:
         rewards = self.reward.score(images, [r["prompt"] for r in records])  # (N,)
         signal = {"reward": float(rewards.mean()), "well_formed": float(formed.mean()),
                   "well_formed_lone": float(formed[lone].mean()),
+                  "well_formed_strict": float(np.mean([a["well_formed_strict"] for a in analyses])),
                   "fd": frechet_distance(f, self.heldout_ref_feats),
                   "diversity": diversity(f, records),
                   "alignment_not_used": float(np.mean([verdict(a, r["prompt"])[0]
