@@ -6,8 +6,10 @@ the method to draw cleaner shapes?
 The judge that labels stage 1 (and every later round's labels) accepts a blob whose fill and
 balance read as a circle even when it is drawn halfway to a diamond; the strict judge
 (judge.verdict(..., strict=True), criterion e) does not. This script makes the strict judge the
-labeler, the only change, and runs train_reward.py into OUT/feedback and OUT/reward, then
-finetune.py (feedback run, best-of-1, the arguments after `--`) into OUT/finetune. Compare it with
+labeler, the only change, and runs train_reward.py into OUT/feedback and OUT/reward (unless
+OUT/reward/reward.pt exists), then finetune.py (feedback run, best-of-1, the arguments after
+`--`, which may name another --out_dir or --feedback_dir, e.g. another seed's round-1 samples)
+into OUT/finetune. Compare it with
 the same finetune.py command on the default labels (python finetune.py --runs feedback
 --best_of_n 1 ...): both evaluations report the judge's and the strict judge's alignment.
 """
@@ -40,8 +42,9 @@ def main(argv=None):
     common = ["--preset", args.preset, "--unet_dir", args.unet_dir, "--threads", args.threads]
     default_judge, feedback.judge = feedback.judge, strict_judge  # collect() labels with it
     try:
-        train_reward.main([*common, "--feedback_dir", str(args.out / "feedback"),
-                           "--out_dir", str(args.out / "reward")])
+        if not (args.out / "reward" / "reward.pt").exists():  # stages 1-2 once per OUT
+            train_reward.main([*common, "--feedback_dir", str(args.out / "feedback"),
+                               "--out_dir", str(args.out / "reward")])
         finetune.main([*common, "--runs", "feedback", "--best_of_n", "1",
                        "--reward_dir", str(args.out / "reward"),
                        "--feedback_dir", str(args.out / "feedback"),
