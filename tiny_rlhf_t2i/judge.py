@@ -112,22 +112,29 @@ def classify_silhouette(pixels: np.ndarray) -> str | None:
 
 def silhouette_fits(pixels: np.ndarray, side: int, shapes=SHAPES) -> dict[str, float]:
     """For a blob's (y, x) pixels in a side x side image: per shape, the best intersection-over-
-    union with a clean render of that shape, centered on a pixel center near the blob's
-    centroid (within 1 px across and 2 down or up, twice that at 64 px), with a radius of k + 1/2 px (the renderer's grid, scenes.on_grid) whose
-    area is near the blob's. A clean render's object matches its own shape exactly (1.0)."""
-    ys, xs = np.mgrid[0:side, 0:side] + 0.5  # pixel centers
-    blob = np.zeros((side, side), bool)
-    blob[pixels[:, 0], pixels[:, 1]] = True
+    union with a clean render of that shape, centered on a pixel center near the blob's centroid
+    (within 1 px across and 2 down or up, twice that at 64 px), with a radius of k + 1/2 px (the
+    renderer's grid, scenes.on_grid) whose area is near the blob's. A clean render's object
+    matches its own shape exactly (1.0)."""
     cy, cx = pixels.mean(0) + 0.5
     radii = np.arange(np.floor(np.sqrt(len(pixels) / 3.6)), np.sqrt(len(pixels) / 1.4) + 1) + 0.5
     reach = max(1, side // 32)  # a triangle's centroid sits below its center, more px at 64 px
+    # Only a window of the image: every candidate shape reaches at most 1.15 r from its center,
+    # so outside the window no candidate and no blob pixel lies, and the counts are the same.
+    pad = int(np.ceil(1.15 * radii[-1])) + 2 * reach + 3
+    y0, x0 = (max(0, min(int(pixels[:, i].min()), int(c) - pad)) for i, c in ((0, cy), (1, cx)))
+    y1, x1 = (min(side, max(int(pixels[:, i].max()) + 1, int(c) + pad + 1))
+              for i, c in ((0, cy), (1, cx)))
+    ys, xs = np.mgrid[y0:y1, x0:x1] + 0.5  # pixel centers of the window
+    blob = np.zeros((y1 - y0, x1 - x0), bool)
+    blob[pixels[:, 0] - y0, pixels[:, 1] - x0] = True
     centers = [(np.floor(cx) + dx + 0.5, np.floor(cy) + dy + 0.5)
                for dx in range(-reach, reach + 1) for dy in range(-2 * reach, 2 * reach + 1)]
     px, py, r = (np.array(v)[:, None, None] for v in  # (candidates, 1, 1)
                  zip(*[(x, y, rr) for x, y in centers for rr in radii]))
     fits = {}
     for shape in shapes:
-        masks = shape_mask(shape, xs - px, ys - py, r)  # (candidates, H, W)
+        masks = shape_mask(shape, xs - px, ys - py, r)  # (candidates, h, w) of the window
         fits[shape] = float(((masks & blob).sum((1, 2)) / (masks | blob).sum((1, 2))).max())
     return fits
 
