@@ -12,7 +12,8 @@ pretrained evaluation, and run at the committed defaults plus the arguments afte
 
 `table` reads every arm's per-round evaluations (ARM/<run>/round<k>/eval.json) and prints, per
 seed and as mean [min, max] over seeds, each arm's alignment, well-formed and FD (and the strict
-judge's alignment and well-formed, where the evaluations hold them) at the round it keeps (finetune.py's held-out choice, ARM/metrics.json; round 0 is the pretrained model) against
+judge's alignment and well-formed, where the evaluations hold them) at the round it keeps
+(finetune.py's held-out choice, ARM/metrics.json; round 0 is the pretrained model) against
 the pretrained model and against the control of the same seed, the win / loss rates from the
 same per-image verdicts, the over-optimization curve (every round) and the count per number.
 With --out it writes the same numbers as JSON: for each seed, arm and round the groups'

@@ -134,7 +134,8 @@ def test_strict_judge_rejects_a_shape_between_two_and_keeps_a_pixel_off():
     diamond = render(Scene("diamond", "red", "gray", ((0.5, 0.5, 0.24),)), 16)
     between = np.concatenate([circle[:, :8], diamond[:, 8:]], 1)
     a = analyze(between)
-    assert verdict(a, "a red circle") == (True, "asked for 1 red circle, found 1 red circle on gray")
+    assert verdict(a, "a red circle") == (True,
+                                          "asked for 1 red circle, found 1 red circle on gray")
     assert a["well_formed"] and not a["well_formed_strict"] and len(a["in_between"]) == 1
     assert verdict(a, "a red circle", strict=True) == (
         False, "asked for 1 red circle, found 1 red circle on gray (1 of the shapes not drawn "

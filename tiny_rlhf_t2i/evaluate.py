@@ -256,7 +256,8 @@ class Evaluator:
         `path`: the learned reward's mean score, the well-formed rate (judge.analyze reads
         shapes, not the prompt; also on the one-shape prompts alone, and the strict judge's),
         FD and diversity against clean renders of the same records. The gold alignment is
-        recorded beside them to check the choice, never used to make it. None when no round is chosen (no held-out records)."""
+        recorded beside them to check the choice, never used to make it. None when no round is
+        chosen (no held-out records)."""
         if not self.heldout_records:
             return None
         if reuse and path is not None and path.exists():
