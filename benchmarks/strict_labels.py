@@ -9,9 +9,9 @@ balance read as a circle even when it is drawn halfway to a diamond; the strict 
 labeler, the only change, and runs train_reward.py into OUT/feedback and OUT/reward (unless
 OUT/reward/reward.pt exists), then finetune.py (feedback run, best-of-1, the arguments after
 `--`, which may name another --out_dir or --feedback_dir, e.g. another seed's round-1 samples)
-into OUT/finetune. Compare it with
-the same finetune.py command on the default labels (python finetune.py --runs feedback
---best_of_n 1 ...): both evaluations report the judge's and the strict judge's alignment.
+into OUT/finetune. Compare it with the same finetune.py command on the default labels (python
+finetune.py --runs feedback --best_of_n 1 ...): both evaluations report both judges' alignment.
+It runs the stage scripts' main() in this process, since the labeler is swapped in memory.
 """
 import argparse
 import sys
