@@ -9,7 +9,9 @@
    so that prompts the model rarely gets right keep their share of D_model (--balance,
    losses.balance_groups); the model's own samples teach only the high-noise timesteps
    (--model_t_min, train_loop.step_loss), and below that cut D_pre keeps its pretraining
-   weight 1 in place of beta (--beta_below_cut); a KL anchor keeps the model's noise
+   weight 1 in place of beta (--beta_below_cut), and the fine-tuned model is sampled at the
+   high-noise steps only: below the cut the pretrained model denoises
+   (--pretrained_below_cut, unet.PretrainedBelowCut); a KL anchor keeps the model's noise
    prediction on its own samples close to the frozen pretrained model's (--anchor,
    losses.anchor_loss).
 3. Rounds of feedback (the paper names online feedback as its next step): in round k >= 2 the
@@ -63,7 +65,7 @@ from tiny_rlhf_t2i.kernels import BACKENDS, resolve_loss_backend
 from tiny_rlhf_t2i.losses import balance_groups, eq2_weights, kl_step_weights
 from tiny_rlhf_t2i.reward import RewardTrainConfig, load_reward, load_stage2, train_reward_model
 from tiny_rlhf_t2i.train_loop import Anchor, Batch, LoopConfig, drop_captions, train
-from tiny_rlhf_t2i.unet import load_model
+from tiny_rlhf_t2i.unet import PretrainedBelowCut, load_model
 
 
 @dataclasses.dataclass
@@ -79,6 +81,7 @@ class FinetuneConfig(LoopConfig):
     model_t_min: int = 650  # own samples teach timesteps >= this only (0: every t, the paper)
     anchor: float = 0.0  # lambda: weight of the KL anchor to the pretrained model (0: off)
     beta_below_cut: float = 1.0  # D_pre's weight at t < model_t_min (= beta: Eq. 2 as written)
+    pretrained_below_cut: bool = True  # sample t < model_t_min with the pretrained model
     labels_per_round: int = 500  # new labels by stage 1's labeler in each round after the first
     unlabeled_per_category: int = 1000  # own samples per category and round (paper: 16K in all)
     beta: float = 0.1  # weight of the pretraining loss, Eq. 2 (paper: 1; see docs/results.md)
@@ -139,7 +142,8 @@ RUNS = {
     "feedback": Run("reward"),  # the method, at the command line's settings
     "control": Run(None),  # same steps and rounds, D_pre only: extra training without feedback
     "gold": Run("gold"),  # a perfect reward model: the ceiling of the method
-    "paper": Run("reward", settings=dict(rounds=1, model_t_min=0, balance=False, anchor=0.0)),
+    "paper": Run("reward", settings=dict(rounds=1, model_t_min=0, balance=False, anchor=0.0,
+                                         pretrained_below_cut=False)),
     "unbalanced": Run("reward", settings=dict(balance=False)),  # plain Eq. 2 weights
     # Own samples teach every timestep and the KL anchor holds the model near the pretrained one
     # (DPOK's regularizer) instead of the timestep cut, weighted per step as the exact KL.
@@ -265,12 +269,21 @@ def finetune(folder: Path, run: Run, cfg: FinetuneConfig, start, inputs: Inputs,
     model = copy.deepcopy(start).to(device, memory_format=torch.channels_last)
     model.requires_grad_(True)  # start may be an EMA copy, whose weights are frozen
     carry = {"model_config": dataclasses.asdict(start.cfg), "config": inputs.pre}  # tune again
+    if splits(cfg):  # unet.load_model reads the checkpoint back as PretrainedBelowCut
+        carry["pretrained_below"] = {"ckpt": str(Path(cfg.unet_dir) / "ckpt.pt"),
+                                     "cut": cfg.model_t_min}
     ema_model, curve, finished = train(model, cfg, make_batch, folder / "ckpt.pt",
                                        f"finetune {folder.parent.name}/{folder.name}", carry, mse,
                                        anchor)
     if finished and distributed.is_main():
         atomic_write_text(folder / "loss_curve.json", json.dumps(curve))
     return ema_model, finished
+
+
+def splits(cfg: FinetuneConfig) -> bool:
+    """Whether a run's model is sampled as PretrainedBelowCut: the fine-tuned model at
+    t >= model_t_min, the pretrained one below."""
+    return cfg.pretrained_below_cut and cfg.model_t_min > 0
 
 
 # ----------------------------------------------------------------------------- rounds
@@ -290,7 +303,7 @@ class Clock:
 @dataclasses.dataclass
 class RunResult:
     """A run's rounds as rank 0 measured them, and the round it keeps (0: the pretrained model)."""
-    model: torch.nn.Module  # the kept round's EMA model
+    model: torch.nn.Module  # the kept round's EMA model (as sampled: PretrainedBelowCut or not)
     evals: list  # (metrics, goods, images) of round 1, 2, ...
     kept: int  # evaluate.pick_round on `heldout`; the last for the control, one round, no signal
     heldout: list  # the held-out signal of round 0 (pretrained), 1, 2, ... (or None)
@@ -306,6 +319,7 @@ def run_rounds(name: str, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, 
     cfg = run.config(cfg)
     per_round = cfg.steps // cfg.rounds
     model, reward, labels, evals = inputs.pretrained, inputs.reward, [inputs.stage1], []
+    sampler = model  # what draws the images: the model, or it above the cut (splits)
     # The control is the same-compute reference of every round; the learned reward, which it
     # neither trains on nor moves, has nothing to choose among its rounds. A one-round run (the
     # paper's) keeps its round, as the paper does. Neither samples the held-out prompts.
@@ -324,7 +338,7 @@ def run_rounds(name: str, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, 
         if run.weights is not None and k > 1:  # round k's D_model: the current model's samples
             records = feedback_records("seen", cfg.unlabeled_per_category,
                                        rcfg.seed + seeds.UNLABELED)
-            labels.append(sample_round(model, folder, records, cfg.labels_per_round,
+            labels.append(sample_round(sampler, folder, records, cfg.labels_per_round,
                                        inputs.stage2["flip_rate"], rcfg))
             if run.weights == "reward" and cfg.labels_per_round:
                 reward = retrain_reward(folder, k, labels, inputs, rcfg, device)
@@ -334,13 +348,16 @@ def run_rounds(name: str, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, 
         clock.lap("training")
         if not finished:
             return None
+        sampler = (PretrainedBelowCut(model, inputs.pretrained, cfg.model_t_min)
+                   if splits(cfg) else model)
         if evaluator is not None:
-            evals.append(evaluator.model(model, f"{name}/round{k}", folder / "eval.json",
+            evals.append(evaluator.model(sampler, f"{name}/round{k}", folder / "eval.json",
                                          reuse=cfg.resume))
-            signals.append(evaluator.heldout(model, f"{name}/round{k}", folder / "heldout.json",
-                                             reuse=cfg.resume) if chooses else None)
+            signals.append(evaluator.heldout(sampler, f"{name}/round{k}",
+                                             folder / "heldout.json", reuse=cfg.resume)
+                           if chooses else None)
             clock.lap("evaluation")
-        models.append(model)
+        models.append(sampler)
     kept = cfg.rounds if None in signals else pick_round(signals, cfg.keep_tolerance)
     return RunResult(models[kept], evals, kept, signals)
 

@@ -11,6 +11,7 @@ from tiny_rlhf_t2i.diffusion import Scheduler
 from tiny_rlhf_t2i.evaluate import eval_records, heldout_records, pick_round
 from tiny_rlhf_t2i.losses import anchor_loss, weighted_mse
 from tiny_rlhf_t2i.train_loop import Anchor, Batch, step_loss
+from tiny_rlhf_t2i.unet import ModelConfig, PretrainedBelowCut, TextToImage, load_model
 
 
 def _finetune(smoke_run, fb, out, *extra):
@@ -170,6 +171,8 @@ def test_paper_run_is_the_papers_settings_and_runs_resolve_once():
     cfg = parse_config(finetune.FinetuneConfig, finetune.PRESETS, ["--anchor", "2"])
     paper = finetune.RUNS["paper"].config(cfg)  # one offline round, every t, plain Eq. 2
     assert (paper.rounds, paper.model_t_min, paper.balance, paper.anchor) == (1, 0, False, 0.0)
+    assert not paper.pretrained_below_cut and not finetune.splits(paper)  # one model samples
+    assert finetune.splits(cfg)  # the default: the pretrained model below the cut
     assert finetune.RUNS["paper"].weights == "reward" and finetune.RUNS["paper"].unlabeled
     assert (paper.beta, paper.steps) == (cfg.beta, cfg.steps)  # the rest: the command line's
     assert finetune.RUNS["feedback"].config(cfg) == cfg
@@ -214,3 +217,43 @@ def test_rounds_without_new_labels_run_on_any_image_size(smoke_run, tmp_path):
     assert m["labels"] == {"feedback": 64} and m["evaluation"] == "val"
     assert not (tmp_path / "out/feedback/round2/labeled").exists()
     assert not (tmp_path / "out/feedback/round2/reward.pt").exists()
+
+
+def _net(seed):
+    torch.manual_seed(seed)
+    net = TextToImage(ModelConfig(channels=16, text_dim=32, text_layers=1)).eval()
+    for p in net.parameters():  # the zero-initialised output layer would hide the routing
+        p.data.normal_(0, 0.1)
+    return net
+
+
+@torch.no_grad()
+def test_pretrained_below_cut_gives_each_row_the_model_that_owns_its_timestep():
+    tuned, pre = _net(0), _net(1)
+    split = PretrainedBelowCut(tuned, pre, cut=650)
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(1, 20, (6, 8), generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0, 649, 650, 999, 300, 700])
+    eps = split(x, t, ids)  # a mixed batch: rows 2, 3, 5 tuned, the rest pretrained
+    high = t >= 650
+    torch.testing.assert_close(eps[high], tuned(x[high], t[high], ids[high]))
+    torch.testing.assert_close(eps[~high], pre(x[~high], t[~high], ids[~high]))
+    assert not torch.allclose(tuned(x, t, ids), pre(x, t, ids))  # the test can tell them apart
+    for tt in (torch.full((6,), 10), torch.full((6,), 900)):  # one model only: no scatter
+        ref = (tuned if tt[0] >= 650 else pre)(x, tt, ids)
+        assert torch.equal(split(x, tt, ids), ref)
+
+
+@torch.no_grad()
+def test_stage3_checkpoint_loads_as_the_split_model_it_was_evaluated_as(smoke_run):
+    """finetune.py's round checkpoint names the pretrained model and the cut, so
+    `sample.py --ckpt` draws what the evaluation drew."""
+    loaded, _ = load_model(smoke_run / "finetune/feedback/round1/ckpt.pt")
+    pre, _ = load_model(smoke_run / "unet/ckpt.pt")
+    assert isinstance(loaded, PretrainedBelowCut) and loaded.cut == 650
+    for name, value in pre.state_dict().items():
+        assert torch.equal(value, loaded.pretrained.state_dict()[name])
+    ema = torch.load(smoke_run / "finetune/feedback/round1/ckpt.pt", weights_only=True)["ema"]
+    assert all(torch.equal(v, loaded.tuned.state_dict()[n]) for n, v in ema.items())
+    ctrl, _ = load_model(smoke_run / "finetune/control/round1/ckpt.pt")
+    assert isinstance(ctrl, PretrainedBelowCut)  # the control is sampled the same way

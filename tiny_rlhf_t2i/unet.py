@@ -139,17 +139,44 @@ class TextToImage(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+class PretrainedBelowCut(nn.Module):
+    """Stage 3's model: the fine-tuned denoiser at the high-noise timesteps t >= cut and the
+    pretrained one below. The model's own samples teach only t >= cut (train_loop.step_loss):
+    those steps decide what is drawn (how many shapes, where, which colour); the low-noise
+    steps draw edges and corners, and no feedback is about them. Sampling them with the
+    pretrained model keeps the fine-tuned model's drift off the shapes themselves (the shared
+    weights move below the cut too, although only D_pre teaches there). Same call as
+    TextToImage; under DPM-Solver a sampling step has one t, so one of the two models runs."""
+
+    def __init__(self, tuned: TextToImage, pretrained: TextToImage, cut: int):
+        super().__init__()
+        self.tuned, self.pretrained, self.cut = tuned, pretrained, cut
+        self.cfg = tuned.cfg
+
+    def forward(self, x, t, ids):
+        """x: (B, 3, H, W), t: (B,), ids: (B, L) -> eps (B, 3, H, W), each row from the model
+        that owns its timestep."""
+        high = t >= self.cut  # (B,)
+        if high.all() or not high.any():
+            return (self.tuned if high.all() else self.pretrained)(x, t, ids)
+        eps = torch.empty_like(x)
+        eps[high] = self.tuned(x[high], t[high], ids[high])
+        eps[~high] = self.pretrained(x[~high], t[~high], ids[~high])
+        return eps
+
+
 def model_config(cfg) -> ModelConfig:
     """The ModelConfig part of a larger config (stage 0's TrainConfig is one)."""
     return ModelConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelConfig)})
 
 
 def load_model(path, made_by: str = "python train_unet.py",
-               weights: str = "ema") -> tuple[TextToImage, dict]:
+               weights: str = "ema") -> tuple[nn.Module, dict]:
     """A trained model from a checkpoint (its EMA weights by default) and the stage-0 config it
     carries (stage 3 reads its web corpus from it), with a one-line error naming the command
     that makes the file when it is missing, corrupt, of another kind, or holds weights of
-    another size than its model_config says."""
+    another size than its model_config says. A stage-3 checkpoint that names the pretrained
+    model and a cut comes back as PretrainedBelowCut (the pretrained model read from its path)."""
     from .files import load_checkpoint, load_weights
     state = load_checkpoint(path, made_by)
     if "model_config" not in state:
@@ -157,4 +184,8 @@ def load_model(path, made_by: str = "python train_unet.py",
                         f"train_unet.py or finetune.py); run `{made_by}` to make one")
     model = TextToImage(ModelConfig(**state["model_config"]))
     load_weights(model, state[weights], path, f"run `{made_by}` to make it again")
+    below = state.get("pretrained_below")  # a stage-3 model: {"ckpt": stage 0's, "cut": t}
+    if below:
+        pretrained, _ = load_model(below["ckpt"], "python train_unet.py")
+        model = PretrainedBelowCut(model, pretrained, below["cut"])
     return model.eval(), state["config"]
