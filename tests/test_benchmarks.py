@@ -25,6 +25,7 @@ import reward_breakdown  # noqa: E402
 import reward_last_block  # noqa: E402
 import reward_seeds  # noqa: E402
 import round_selection  # noqa: E402
+import split_sampling  # noqa: E402
 import stage3_seeds  # noqa: E402
 import strict_labels  # noqa: E402
 import win_loss_breakdown  # noqa: E402
@@ -263,3 +264,16 @@ def test_strict_labels_labels_with_the_strict_judge_and_restores_the_judge(smoke
         flipped = r["reason"].endswith("(label flipped)")
         assert r["label"] == int(strict_labels.strict_judge(image, r["prompt"])[0] != flipped)
     assert (out / "finetune" / "metrics.json").exists()
+
+
+def test_split_sampling_at_a_cut_past_every_step_is_the_pretrained_model(smoke_run, tmp_path):
+    out = tmp_path / "split.json"
+    split_sampling.main(["--pretrained", str(smoke_run / "unet/ckpt.pt"), "--reward_dir",
+                         str(smoke_run / "reward"), "--models",
+                         f"r2={smoke_run / 'finetune/feedback/round2/ckpt.pt'}", "--cuts",
+                         "0,1000", "--samples_per_prompt", "1", "--steps", "3", "--fd_cache",
+                         str(smoke_run / "fd"), "--fd_net_steps", "30", "--out", str(out)])
+    res = json.loads(out.read_text())["results"]
+    assert set(res) == {"pretrained", "r2 cut 0", "r2 cut 1000"}
+    assert res["r2 cut 1000"] == res["pretrained"]  # every step below the cut: pretrained only
+    assert res["r2 cut 0"] != res["pretrained"]  # the fine-tuned model alone differs
