@@ -424,7 +424,7 @@ def main(argv=None):
         baselines = {}
         if cfg.best_of_n > 1:
             baselines[f"best_of_{cfg.best_of_n}"] = evaluator.images(best_of_n(
-                inputs.pretrained, inputs.reward, evaluator.records, before[2], cfg))
+                inputs.pretrained, inputs.reward, evaluator.records, before[2], cfg))[:2]
             clock.lap("best-of-n")
         report.write(out, cfg, runs, len(inputs.stage1.rows), inputs.pretrained, before, results,
                      baselines, clock, t0)

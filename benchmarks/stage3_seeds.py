@@ -138,6 +138,9 @@ def table(root: Path) -> dict:
             for k, ev in enumerate(arm["rounds"]):
                 row = summarize(ev["metrics"])
                 row["wins"], row["losses"] = wins(ev["goods"], pre["goods"])
+                if "goods_strict" in ev and "goods_strict" in pre:  # evaluations since they exist
+                    row["wins_strict"], row["losses_strict"] = wins(ev["goods_strict"],
+                                                                    pre["goods_strict"])
                 if control is not None and name != "control" and k < len(control["rounds"]):
                     row["wins_vs_control"], row["losses_vs_control"] = wins(
                         ev["goods"], control["rounds"][k]["goods"])
@@ -158,7 +161,8 @@ def kept(rows: dict, arm: str) -> dict:
     """The row of the round `arm` keeps at one seed (rows: table()'s seed entry); round 0 is the
     pretrained model, which neither wins nor loses against itself."""
     k = rows[arm]["kept"] if "rounds" in rows[arm] else 0
-    return rows[arm]["rounds"][k - 1] if k else {**rows["pretrained"], "wins": 0.0, "losses": 0.0}
+    return rows[arm]["rounds"][k - 1] if k else {**rows["pretrained"], "wins": 0.0, "losses": 0.0,
+                                                  "wins_strict": 0.0, "losses_strict": 0.0}
 
 
 def headline(per_seed: dict) -> str:
@@ -194,6 +198,10 @@ def headline(per_seed: dict) -> str:
         for key, label in strict:
             lines.append(f"| {label} | {_agg([p[key] for p in pre])} | "
                          + " | ".join(_agg([r[key] for r in cols[a]]) for a in arms) + " |")
+    if all("wins_strict" in r for a in arms for r in cols[a]):
+        lines.append("| wins : losses vs pretrained, strict judge | - | " + " | ".join(
+            _agg([r["wins_strict"] / max(r["losses_strict"], 1e-9) for r in cols[a]])
+            for a in arms) + " |")
     if "control" in cols:
         ctrl = cols["control"]
         for key, label in [("count", "count")] + ([("strict_count", "count, strict judge")]

@@ -87,8 +87,10 @@ def test_stage3_seeds_launches_arms_and_writes_what_the_table_prints(smoke_run, 
     assert feedback["finished"] and len(feedback["rounds"]) == len(control["rounds"]) == 2
     last = feedback["rounds"][-1]
     for key in ("overall", "count", "seen", "unseen", "combination", "well_formed", "fd",
-                "reward", "wins", "losses", "wins_vs_control", "count_breakdown"):
+                "reward", "wins", "losses", "wins_vs_control", "count_breakdown", "wins_strict",
+                "losses_strict", "well_formed_strict"):
         assert key in last, key
+    assert "| wins : losses vs pretrained, strict judge | - |" in out
     # the printed table is these numbers: the overall alignment of the round the arm keeps
     k = feedback["kept"]
     shown = feedback["rounds"][k - 1] if k else saved["seeds"]["s0"]["pretrained"]

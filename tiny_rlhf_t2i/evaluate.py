@@ -219,16 +219,18 @@ class Evaluator:
                    fd_net_steps=cfg.fd_net_steps, val=cfg.evaluation == "val",
                    heldout_per_prompt=cfg.heldout_samples_per_prompt)
 
-    def images(self, images: np.ndarray) -> tuple[dict, list[bool]]:
-        """(metrics, goods) of one image per evaluation record."""
+    def images(self, images: np.ndarray) -> tuple[dict, list[bool], list[bool]]:
+        """(metrics, goods, strict goods) of one image per evaluation record: the judge's
+        verdicts and the strict judge's (for win rates under either)."""
         analyses = [analyze(im) for im in images]  # once, for the verdicts and the shape fit
         m, goods, reasons = score(images, self.records, analyses)
+        strict = [verdict(a, r["prompt"], strict=True)[0] for a, r in zip(analyses, self.records)]
         f = features(self.fnet, images)
         m["fd"], m["diversity"] = frechet_distance(f, self.ref_feats), diversity(f, self.records)
         m["shape_fit"] = shape_fit_summary(analyses)  # exactly 1 on clean renders
         m["reward"] = float(self.reward.score(images, [r["prompt"] for r in self.records]).mean())
         m["count_breakdown"] = count_breakdown(self.records, goods, reasons)
-        return m, goods
+        return m, goods, strict
 
     def model(self, model, desc: str, path: Path | None = None, reuse: bool = False):
         """(metrics, goods, images) of a model's samples, saved to `path`; with reuse, read back
@@ -237,9 +239,10 @@ class Evaluator:
             saved = json.loads(path.read_text())
             return saved["metrics"], saved["goods"], None
         images = self._sample(model, self.records, f"evaluate {desc}")
-        m, goods = self.images(images)
+        m, goods, strict = self.images(images)
         if path is not None:
-            atomic_write_text(path, json.dumps({"metrics": m, "goods": goods}))
+            atomic_write_text(path, json.dumps({"metrics": m, "goods": goods,
+                                                "goods_strict": strict}))
         return m, goods, images
 
     def _sample(self, model, records: list[dict], desc: str) -> np.ndarray:
