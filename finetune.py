@@ -9,9 +9,9 @@
    so that prompts the model rarely gets right keep their share of D_model (--balance,
    losses.balance_groups); the model's own samples teach only the high-noise timesteps
    (--model_t_min, train_loop.step_loss), and below that cut D_pre keeps its pretraining
-   weight 1 in place of beta (--beta_below_cut), and the fine-tuned model is sampled at the
-   high-noise steps only: below the cut the pretrained model denoises
-   (--pretrained_below_cut, unet.PretrainedBelowCut); a KL anchor keeps the model's noise
+   weight 1 in place of beta (--beta_below_cut); the lowest-noise steps, which no feedback
+   teaches, are sampled with the pretrained model (--pretrained_below, unet.PretrainedBelowCut);
+   a KL anchor keeps the model's noise
    prediction on its own samples close to the frozen pretrained model's (--anchor,
    losses.anchor_loss).
 3. Rounds of feedback (the paper names online feedback as its next step): in round k >= 2 the
@@ -81,7 +81,7 @@ class FinetuneConfig(LoopConfig):
     model_t_min: int = 650  # own samples teach timesteps >= this only (0: every t, the paper)
     anchor: float = 0.0  # lambda: weight of the KL anchor to the pretrained model (0: off)
     beta_below_cut: float = 1.0  # D_pre's weight at t < model_t_min (= beta: Eq. 2 as written)
-    pretrained_below_cut: bool = True  # sample t < model_t_min with the pretrained model
+    pretrained_below: int = 300  # sample t < this with the pretrained model (0: never)
     labels_per_round: int = 500  # new labels by stage 1's labeler in each round after the first
     unlabeled_per_category: int = 1000  # own samples per category and round (paper: 16K in all)
     beta: float = 0.1  # weight of the pretraining loss, Eq. 2 (paper: 1; see docs/results.md)
@@ -120,6 +120,10 @@ class FinetuneConfig(LoopConfig):
         check_range(self, "heldout_samples_per_prompt keep_tolerance", 0)
         check_range(self, "rounds", 1)
         check_range(self, "model_t_min", 0, NUM_TRAIN_TIMESTEPS, open_hi=True)
+        require(0 <= self.pretrained_below <= self.model_t_min,
+                f"--pretrained_below ({self.pretrained_below}) must be in [0, --model_t_min "
+                f"({self.model_t_min})]: the pretrained model may draw only the steps that "
+                f"the model's own samples do not teach")
         check_range(self, "labels_per_round", 0, 4 * self.unlabeled_per_category)
         require(self.steps >= self.rounds, f"--steps ({self.steps}) must be at least --rounds "
                 f"({self.rounds}): the steps are split over the rounds")
@@ -143,11 +147,11 @@ RUNS = {
     "control": Run(None),  # same steps and rounds, D_pre only: extra training without feedback
     "gold": Run("gold"),  # a perfect reward model: the ceiling of the method
     "paper": Run("reward", settings=dict(rounds=1, model_t_min=0, balance=False, anchor=0.0,
-                                         pretrained_below_cut=False)),
+                                         pretrained_below=0)),
     "unbalanced": Run("reward", settings=dict(balance=False)),  # plain Eq. 2 weights
     # Own samples teach every timestep and the KL anchor holds the model near the pretrained one
     # (DPOK's regularizer) instead of the timestep cut, weighted per step as the exact KL.
-    "anchor_kl": Run("reward", settings=dict(model_t_min=0, anchor=1.0)),
+    "anchor_kl": Run("reward", settings=dict(model_t_min=0, anchor=1.0, pretrained_below=0)),
     # The paper's Table 3: labeled only; + unlabeled; + pretraining loss (= paper); beta.
     "labeled_only": Run("reward", unlabeled=False, settings=dict(beta=0.0)),
     "labeled_unlabeled_beta0": Run("reward", settings=dict(beta=0.0)),
@@ -269,21 +273,15 @@ def finetune(folder: Path, run: Run, cfg: FinetuneConfig, start, inputs: Inputs,
     model = copy.deepcopy(start).to(device, memory_format=torch.channels_last)
     model.requires_grad_(True)  # start may be an EMA copy, whose weights are frozen
     carry = {"model_config": dataclasses.asdict(start.cfg), "config": inputs.pre}  # tune again
-    if splits(cfg):  # unet.load_model reads the checkpoint back as PretrainedBelowCut
+    if cfg.pretrained_below:  # unet.load_model reads the checkpoint back as PretrainedBelowCut
         carry["pretrained_below"] = {"ckpt": str(Path(cfg.unet_dir) / "ckpt.pt"),
-                                     "cut": cfg.model_t_min}
+                                     "cut": cfg.pretrained_below}
     ema_model, curve, finished = train(model, cfg, make_batch, folder / "ckpt.pt",
                                        f"finetune {folder.parent.name}/{folder.name}", carry, mse,
                                        anchor)
     if finished and distributed.is_main():
         atomic_write_text(folder / "loss_curve.json", json.dumps(curve))
     return ema_model, finished
-
-
-def splits(cfg: FinetuneConfig) -> bool:
-    """Whether a run's model is sampled as PretrainedBelowCut: the fine-tuned model at
-    t >= model_t_min, the pretrained one below."""
-    return cfg.pretrained_below_cut and cfg.model_t_min > 0
 
 
 # ----------------------------------------------------------------------------- rounds
@@ -319,7 +317,7 @@ def run_rounds(name: str, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, 
     cfg = run.config(cfg)
     per_round = cfg.steps // cfg.rounds
     model, reward, labels, evals = inputs.pretrained, inputs.reward, [inputs.stage1], []
-    sampler = model  # what draws the images: the model, or it above the cut (splits)
+    sampler = model  # what draws the images: the model, or PretrainedBelowCut around it
     # The control is the same-compute reference of every round; the learned reward, which it
     # neither trains on nor moves, has nothing to choose among its rounds. A one-round run (the
     # paper's) keeps its round, as the paper does. Neither samples the held-out prompts.
@@ -348,8 +346,8 @@ def run_rounds(name: str, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, 
         clock.lap("training")
         if not finished:
             return None
-        sampler = (PretrainedBelowCut(model, inputs.pretrained, cfg.model_t_min)
-                   if splits(cfg) else model)
+        sampler = (PretrainedBelowCut(model, inputs.pretrained, cfg.pretrained_below)
+                   if cfg.pretrained_below else model)
         if evaluator is not None:
             evals.append(evaluator.model(sampler, f"{name}/round{k}", folder / "eval.json",
                                          reuse=cfg.resume))

@@ -69,6 +69,8 @@ CASES = [
     (finetune, [*U, "--rounds", "0"], "--rounds must be >= 1, not 0"),
     (finetune, [*U, "--model_t_min", "1000"], "--model_t_min must be in [0, 1000), not 1000"),
     (finetune, [*U, "--model_t_min", "-1"], "--model_t_min must be in [0, 1000), not -1"),
+    (finetune, [*U, "--model_t_min", "200"], "--pretrained_below (300) must be in [0, "
+                                              "--model_t_min (200)]"),
     (finetune, [*U, "--labels_per_round", "33"], "--labels_per_round must be in [0, 32]"),
     (finetune, [*U, "--steps", "1", "--rounds", "2"], "--steps (1) must be at least --rounds"),
     (finetune, [*U, "--loss_backend", "fast"], "--loss_backend must be one of"),

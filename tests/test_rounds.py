@@ -171,8 +171,8 @@ def test_paper_run_is_the_papers_settings_and_runs_resolve_once():
     cfg = parse_config(finetune.FinetuneConfig, finetune.PRESETS, ["--anchor", "2"])
     paper = finetune.RUNS["paper"].config(cfg)  # one offline round, every t, plain Eq. 2
     assert (paper.rounds, paper.model_t_min, paper.balance, paper.anchor) == (1, 0, False, 0.0)
-    assert not paper.pretrained_below_cut and not finetune.splits(paper)  # one model samples
-    assert finetune.splits(cfg)  # the default: the pretrained model below the cut
+    assert paper.pretrained_below == 0  # the paper's model alone samples
+    assert 0 < cfg.pretrained_below <= cfg.model_t_min  # the default: pretrained below a cut
     assert finetune.RUNS["paper"].weights == "reward" and finetune.RUNS["paper"].unlabeled
     assert (paper.beta, paper.steps) == (cfg.beta, cfg.steps)  # the rest: the command line's
     assert finetune.RUNS["feedback"].config(cfg) == cfg
@@ -250,7 +250,8 @@ def test_stage3_checkpoint_loads_as_the_split_model_it_was_evaluated_as(smoke_ru
     `sample.py --ckpt` draws what the evaluation drew."""
     loaded, _ = load_model(smoke_run / "finetune/feedback/round1/ckpt.pt")
     pre, _ = load_model(smoke_run / "unet/ckpt.pt")
-    assert isinstance(loaded, PretrainedBelowCut) and loaded.cut == 650
+    assert isinstance(loaded, PretrainedBelowCut)
+    assert loaded.cut == finetune.FinetuneConfig().pretrained_below
     for name, value in pre.state_dict().items():
         assert torch.equal(value, loaded.pretrained.state_dict()[name])
     ema = torch.load(smoke_run / "finetune/feedback/round1/ckpt.pt", weights_only=True)["ema"]

@@ -106,7 +106,7 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
     for name, m in metrics.items():
         c = run_cfgs.get(name)
         rounds = "-" if c is None else f"{c.rounds} ({kept[name]})"
-        below = " (pretrained below)" if c and c.pretrained_below_cut and c.model_t_min else ""
+        below = f" (pretrained below {c.pretrained_below})" if c and c.pretrained_below else ""
         tuned = ("-",) * 4 if c is None or weights[name] is None else (
             f"{c.model_t_min}{below}", c.anchor, c.beta, c.balance)
         lines.append(f"| {name} | {weights.get(name) or '-'} | {rounds} | "
