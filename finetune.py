@@ -11,9 +11,8 @@
    (--model_t_min, train_loop.step_loss), and below that cut D_pre keeps its pretraining
    weight 1 in place of beta (--beta_below_cut); the lowest-noise steps, which no feedback
    teaches, are sampled with the pretrained model (--pretrained_below, unet.PretrainedBelowCut);
-   a KL anchor keeps the model's noise
-   prediction on its own samples close to the frozen pretrained model's (--anchor,
-   losses.anchor_loss).
+   a KL anchor keeps the model's noise prediction on its own samples close to the frozen
+   pretrained model's (--anchor, losses.anchor_loss).
 3. Rounds of feedback (the paper names online feedback as its next step): in round k >= 2 the
    current model is sampled afresh on the feedback prompts, stage 1's labeler labels a budget of
    those samples, the reward is trained again on every label so far, and the model is

@@ -140,13 +140,14 @@ class TextToImage(nn.Module):
 
 
 class PretrainedBelowCut(nn.Module):
-    """Stage 3's model: the fine-tuned denoiser at the high-noise timesteps t >= cut and the
-    pretrained one below. The model's own samples teach only t >= cut (train_loop.step_loss):
-    those steps decide what is drawn (how many shapes, where, which colour); the low-noise
-    steps draw edges and corners, and no feedback is about them. Sampling them with the
-    pretrained model keeps the fine-tuned model's drift off the shapes themselves (the shared
-    weights move below the cut too, although only D_pre teaches there). Same call as
-    TextToImage; under DPM-Solver a sampling step has one t, so one of the two models runs."""
+    """Stage 3's model: the fine-tuned denoiser at t >= cut and the pretrained one below.
+    The model's own samples teach only the high-noise steps (t >= finetune's model_t_min, at
+    or above this cut; train_loop.step_loss), which decide what is drawn (how many shapes,
+    where, which colour); the lowest-noise steps draw edges and corners, and no feedback is
+    about them. Yet the shared weights move there too, although only D_pre teaches them, and
+    the fine-tuned model's low-noise steps draw shapes halfway between two; the pretrained
+    model draws them as pretraining left them. Same call as TextToImage; a sampling step has
+    one t, so one of the two models runs."""
 
     def __init__(self, tuned: TextToImage, pretrained: TextToImage, cut: int):
         super().__init__()
