@@ -48,7 +48,7 @@ def main(argv=None):
     for res in map(int, args.resolutions.split(",")):
         images, records = judge_images(args.n, res)
         t0 = time.perf_counter()
-        _, goods, _ = score(images, records)
+        _, goods, _, _ = score(images, records)
         result["ms_per_image"][f"{res}px"] = (time.perf_counter() - t0) / args.n * 1e3
         result["good"][f"{res}px"] = sum(goods) / args.n  # the same images judged the same
         print(f"{res} px: {result['ms_per_image'][f'{res}px']:.2f} ms/image "

@@ -36,7 +36,7 @@ def run(ckpt: Path, samplers: list[tuple[str, int]], per_prompt: int, guidance: 
         t0 = time.time()
         images = to_uint8(sample(model, prompts, seeds_, steps, guidance, solver=solver))
         seconds = time.time() - t0
-        metrics, goods, _ = score(images, records)
+        metrics, goods, _, _ = score(images, records)
         first = goods if first is None else first
         name = f"{solver}:{steps}"
         out[name] = {**{g: round(100 * metrics["alignment"][g]["mean"], 1) for g in GROUPS},

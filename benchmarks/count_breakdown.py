@@ -28,7 +28,7 @@ def main(argv=None):
     records = [r for r in eval_records(args.samples_per_prompt) if r["category"] == "count"]
     for path in args.ckpts:
         model = load_model(path)[0].to(memory_format=torch.channels_last)  # as finetune.py samples
-        _, goods, reasons = score(generate(model, records, args.steps, 3.0), records)
+        _, goods, reasons, _ = score(generate(model, records, args.steps, 3.0), records)
         failures = collections.Counter((r["prompt"].split()[0], why.split("found")[-1].strip())
                                        for r, good, why in zip(records, goods, reasons)
                                        if not good)

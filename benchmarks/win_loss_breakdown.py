@@ -32,7 +32,7 @@ def judged(path: Path, records, steps: int):
     reason the judge gives for a malformed blob (judge.analyze) occurs on one-shape prompts."""
     model = load_model(path)[0].to(memory_format=torch.channels_last)  # as finetune.py samples
     images = generate(model, records, steps, 3.0)
-    _, goods, reasons = score(images, records)
+    _, goods, reasons, _ = score(images, records)
     why = collections.Counter(w for image, r in zip(images, records) if one_shape(r)
                               for w in analyze(image)["malformed_why"])
     return goods, reasons, dict(why)

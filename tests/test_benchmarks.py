@@ -184,7 +184,7 @@ def test_bench_judge(tmp_path):
     assert all(v > 0 for v in result["ms_per_image"].values())
     for res in (16, 32):
         images, records = bench_judge.judge_images(20, res)
-        _, goods, reasons = bench_judge.score(images[::2], records[::2])
+        _, goods, reasons, _ = bench_judge.score(images[::2], records[::2])
         assert all(goods), reasons
 
 

@@ -67,11 +67,11 @@ def alignment(goods: list[bool], records: list[dict]) -> dict:
 
 
 def score(images: np.ndarray, records: list[dict],
-          analyses: list[dict] | None = None) -> tuple[dict, list[bool], list[str]]:
-    """Judge every image against its prompt: (metrics, goods, reasons), goods and reasons the
-    judge's (the labels' judge); metrics hold the strict judge's alignment and well-formed rate
-    too. analyses: the images' judge.analyze, if the caller has them (Evaluator measures shape
-    fit on them too)."""
+          analyses: list[dict] | None = None) -> tuple[dict, list[bool], list[str], list[bool]]:
+    """Judge every image against its prompt: (metrics, goods, reasons, strict goods), goods and
+    reasons the judge's (the labels' judge), strict goods the strict judge's; metrics hold the
+    strict judge's alignment and well-formed rate too. analyses: the images' judge.analyze, if
+    the caller has them (Evaluator measures shape fit on them too)."""
     analyses = analyses or [analyze(im) for im in images]  # once, for every verdict
     verdicts = [verdict(a, r["prompt"]) for a, r in zip(analyses, records)]
     goods = [g for g, _ in verdicts]
@@ -83,7 +83,7 @@ def score(images: np.ndarray, records: list[dict],
                "alignment_strict": alignment(strict, records),
                "well_formed_strict": proportion_ci(sum(a["well_formed_strict"] for a in analyses),
                                                    n)}
-    return metrics, goods, [r for _, r in verdicts]
+    return metrics, goods, [r for _, r in verdicts], strict
 
 
 def count_breakdown(records: list[dict], goods: list[bool], reasons: list[str]) -> dict:
@@ -104,7 +104,7 @@ def evaluate_model(model, samples_per_prompt: int, num_inference_steps: int,
     """Sample the fixed evaluation prompts and judge them: (metrics, records, images, goods)."""
     records = eval_records(samples_per_prompt)
     images = generate(model, records, num_inference_steps, guidance_scale)
-    metrics, goods, reasons = score(images, records)
+    metrics, goods, reasons, _ = score(images, records)
     for r, g, why in zip(records, goods, reasons):
         r["good"], r["reason"] = g, why
     return metrics, records, images, goods
@@ -223,8 +223,7 @@ class Evaluator:
         """(metrics, goods, strict goods) of one image per evaluation record: the judge's
         verdicts and the strict judge's (for win rates under either)."""
         analyses = [analyze(im) for im in images]  # once, for the verdicts and the shape fit
-        m, goods, reasons = score(images, self.records, analyses)
-        strict = [verdict(a, r["prompt"], strict=True)[0] for a, r in zip(analyses, self.records)]
+        m, goods, reasons, strict = score(images, self.records, analyses)
         f = features(self.fnet, images)
         m["fd"], m["diversity"] = frechet_distance(f, self.ref_feats), diversity(f, self.records)
         m["shape_fit"] = shape_fit_summary(analyses)  # exactly 1 on clean renders
