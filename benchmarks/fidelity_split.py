@@ -63,11 +63,12 @@ def main(argv=None):
     ap.add_argument("--samples_per_prompt", type=int, default=16)
     ap.add_argument("--steps", type=int, default=15, help="DPM-Solver++(2M) steps")
     ap.add_argument("--fd_cache", type=Path, default=Path("runs/fd"))
+    ap.add_argument("--fd_net_steps", type=int, default=600)
     ap.add_argument("--out", type=Path, help="JSON of every model")
     args = ap.parse_args(argv)
     pretrained = load_model(args.pretrained)[0].to(memory_format=torch.channels_last)
     ev = Evaluator(args.samples_per_prompt, args.steps, 3.0, pretrained.cfg.resolution,
-                   load_reward(args.reward_dir, "python train_reward.py"), args.fd_cache, 600)
+                   load_reward(args.reward_dir, "python train_reward.py"), args.fd_cache, args.fd_net_steps)
     records = ev.records
     prompts = np.array([r["prompt"] for r in records])
     models = [("pretrained", pretrained)] + [
@@ -85,15 +86,17 @@ def main(argv=None):
     clean_spread = per_prompt_spread(clean, prompts, np.ones(len(records), bool))
 
     pre_mix = {k: n for k, (_, n) in fits_by_blobs(seen["pretrained"][2]).items()}
+    def on_common(spread: dict) -> float:
+        return float(np.mean([spread[p] for p in common])) if common else float("nan")
+
     results = {"clean renders": {"diversity": diversity(clean, records),
-                                 "diversity_common": float(np.mean([clean_spread[p]
-                                                                    for p in common]))}}
+                                 "diversity_common": on_common(clean_spread)}}
     for name, (f, goods, analyses) in seen.items():
         by = fits_by_blobs(analyses)
         fits = [x for a in analyses for x in shape_fit(a)]
         results[name] = {
             "alignment": float(goods.mean()), "diversity": diversity(f, records),
-            "diversity_good_common": float(np.mean([spreads[name][p] for p in common])),
+            "diversity_good_common": on_common(spreads[name]),
             "shape_fit": float(np.mean(fits)),
             "shape_fit_by_blobs": {str(k): {"mean": m, "blobs": n} for k, (m, n) in by.items()},
             "shape_fit_at_pretrained_mix": float(

@@ -19,6 +19,7 @@ import bench_sampler  # noqa: E402
 import compare_runs  # noqa: E402
 import count_breakdown  # noqa: E402
 import d_model_weights  # noqa: E402
+import fidelity_split  # noqa: E402
 import lone_shape_probe  # noqa: E402
 import pipeline_times  # noqa: E402
 import reward_breakdown  # noqa: E402
@@ -279,3 +280,24 @@ def test_split_sampling_at_a_cut_past_every_step_is_the_pretrained_model(smoke_r
     assert set(res) == {"pretrained", "r2 cut 0", "r2 cut 1000"}
     assert res["r2 cut 1000"] == res["pretrained"]  # every step below the cut: pretrained only
     assert res["r2 cut 0"] != res["pretrained"]  # the fine-tuned model alone differs
+
+
+def test_fidelity_split_measures_the_pretrained_model_as_itself(smoke_run, tmp_path):
+    out = tmp_path / "split.json"
+    fidelity_split.main(["--pretrained", str(smoke_run / "unet/ckpt.pt"), "--reward_dir",
+                         str(smoke_run / "reward"), "--models",
+                         f"same={smoke_run / 'unet/ckpt.pt'}",
+                         f"r2={smoke_run / 'finetune/feedback/round2/ckpt.pt'}",
+                         "--samples_per_prompt", "2", "--steps", "3", "--fd_cache",
+                         str(smoke_run / "fd"), "--fd_net_steps", "30", "--out", str(out)])
+    res = json.loads(out.read_text())["results"]
+    assert set(res) == {"clean renders", "pretrained", "same", "r2"}
+    # The same model, seeds and noise: the same verdicts and blobs. Its samples may differ in
+    # float rounding only (the script runs the pretrained model in channels_last, as stage 3
+    # does, and loads the others as saved).
+    same, pre = res["same"], res["pretrained"]
+    for key in ("alignment", "shape_fit", "shape_fit_by_blobs", "shape_fit_at_pretrained_mix"):
+        assert same[key] == pre[key]
+    assert same["diversity"] == pytest.approx(pre["diversity"], rel=1e-4)
+    assert pre["shape_fit_at_pretrained_mix"] == pytest.approx(pre["shape_fit"])
+    assert sum(b["blobs"] for b in pre["shape_fit_by_blobs"].values()) > 0
