@@ -10,9 +10,9 @@
    losses.balance_groups); the model's own samples teach only the high-noise timesteps
    (--model_t_min, train_loop.step_loss), and below that cut D_pre keeps its pretraining
    weight 1 in place of beta (--beta_below_cut); the lowest-noise steps, which no feedback
-   teaches, are sampled with the pretrained model and no longer trained (--pretrained_below,
-   unet.PretrainedBelowCut); a KL anchor keeps the model's noise prediction on its own samples
-   close to the frozen pretrained model's (--anchor, losses.anchor_loss).
+   teaches, are sampled with the pretrained model (--pretrained_below, unet.PretrainedBelowCut);
+   a KL anchor keeps the model's noise prediction on its own samples close to the frozen
+   pretrained model's (--anchor, losses.anchor_loss).
 3. Rounds of feedback (the paper names online feedback as its next step): in round k >= 2 the
    current model is sampled afresh on the feedback prompts, stage 1's labeler labels a budget of
    those samples, the reward is trained again on every label so far, and the model is
@@ -80,7 +80,7 @@ class FinetuneConfig(LoopConfig):
     model_t_min: int = 650  # own samples teach timesteps >= this only (0: every t, the paper)
     anchor: float = 0.0  # lambda: weight of the KL anchor to the pretrained model (0: off)
     beta_below_cut: float = 1.0  # D_pre's weight at t < model_t_min (= beta: Eq. 2 as written)
-    pretrained_below: int = 300  # sample t < this with the pretrained model, train t >= it only
+    pretrained_below: int = 300  # sample t < this with the pretrained model (0: never)
     labels_per_round: int = 500  # new labels by stage 1's labeler in each round after the first
     unlabeled_per_category: int = 1000  # own samples per category and round (paper: 16K in all)
     beta: float = 0.1  # weight of the pretraining loss, Eq. 2 (paper: 1; see docs/results.md)
@@ -263,7 +263,7 @@ def finetune(folder: Path, run: Run, cfg: FinetuneConfig, start, inputs: Inputs,
         # that move (its artifacts too) would come out s times larger.
         drop_captions(ids, rng, cfg.p_uncond)
         return Batch(x0.contiguous(memory_format=torch.channels_last), ids, weights, n_model,
-                     cfg.model_t_min, cfg.beta_below_cut, cfg.pretrained_below)
+                     cfg.model_t_min, cfg.beta_below_cut)
 
     anchor = None
     if n_model and cfg.anchor:  # the pretrained model, frozen, is the anchor of every round

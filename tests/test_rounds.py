@@ -101,23 +101,6 @@ def test_timestep_cut_moves_only_the_d_model_rows_and_keeps_the_default_stream()
     assert (ts[600][:n_model] >= 600).all() and (ts[0][:n_model] < 600).any()
 
 
-def test_no_row_trains_the_steps_the_pretrained_model_samples():
-    B, n_model = 16, 8
-    x0 = torch.randn(B, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    ids, w = torch.zeros(B, 4, dtype=torch.long), torch.ones(B)
-    model, ts, losses = _Recorder(), {}, {}
-    for floor in (0, 300):
-        losses[floor] = step_loss(model, Scheduler(),
-                                  Batch(x0, ids, w, n_model, 650, 1.0, t_min=floor),
-                                  torch.Generator().manual_seed(5), weighted_mse)
-        ts[floor] = model.t
-    assert (ts[0][n_model:] < 300).any()  # without the floor some D_pre rows fall below it
-    assert (ts[300] >= 300).all() and (ts[300][:n_model] >= 650).all()
-    # The floor draws the same number of values: the noise, hence the loss at eps_hat = 0, is
-    # the same (every row weighs 1 here).
-    torch.testing.assert_close(losses[300], losses[0])
-
-
 def test_below_the_cut_d_pre_rows_take_their_own_weight_and_nothing_else_moves():
     B, n_model = 16, 8
     x0 = torch.randn(B, 3, 8, 8, generator=torch.Generator().manual_seed(0))

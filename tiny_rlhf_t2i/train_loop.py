@@ -71,7 +71,6 @@ class Batch:
     n_model: int = 0  # how many leading rows come from D_model
     model_t_min: int = 0  # D_model rows are noised at timesteps in [model_t_min, T) only
     beta_below_cut: float | None = None  # D_pre rows' weight at t < model_t_min (None: as given)
-    t_min: int = 0  # every row is noised at timesteps in [t_min, T) only
 
     def rows(self, rank: int, world: int) -> torch.Tensor:
         """The rows process `rank` of `world` trains on: its share of the D_model rows and its
@@ -131,13 +130,10 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
     pretrained model's prediction at the same noisy input: one more forward pass (no backward)
     on those rows.
 
-    With batch.t_min > 0 no row is noised below it: stage 3 samples those steps with the
-    pretrained model (--pretrained_below), so training them would teach steps never used.
-
     Under torchrun the noise is drawn for the whole batch and each process keeps its rows."""
     x0, ids, weights, n_model = batch.x0, batch.ids, batch.weights, batch.n_model
     T = scheduler.num_train_timesteps
-    t = torch.randint(batch.t_min, T, (len(x0),), generator=gen)  # (B,)
+    t = torch.randint(0, T, (len(x0),), generator=gen)  # (B,)
     noise = torch.randn(x0.shape, generator=gen)  # (B, 3, H, W), drawn on the CPU: any device
     if batch.model_t_min and n_model:  # drawn last: with 0 the stream is unchanged
         t[:n_model] = torch.randint(batch.model_t_min, T, (n_model,), generator=gen)
