@@ -19,6 +19,7 @@ import bench_sampler  # noqa: E402
 import compare_runs  # noqa: E402
 import count_breakdown  # noqa: E402
 import d_model_weights  # noqa: E402
+import eval_share  # noqa: E402
 import fidelity_split  # noqa: E402
 import lone_shape_probe  # noqa: E402
 import pipeline_times  # noqa: E402
@@ -301,3 +302,15 @@ def test_fidelity_split_measures_the_pretrained_model_as_itself(smoke_run, tmp_p
     assert same["diversity"] == pytest.approx(pre["diversity"], rel=1e-4)
     assert pre["shape_fit_at_pretrained_mix"] == pytest.approx(pre["shape_fit"])
     assert sum(b["blobs"] for b in pre["shape_fit_by_blobs"].values()) > 0
+
+
+def test_eval_share_times_every_phase(smoke_run, tmp_path):
+    out = tmp_path / "share.json"
+    eval_share.main(["--ckpt", str(smoke_run / "unet/ckpt.pt"), "--reward_dir",
+                     str(smoke_run / "reward"), "--samples_per_prompt", "1", "--steps", "2",
+                     "--fd_cache", str(smoke_run / "fd"), "--fd_net_steps", "30",
+                     "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res["images"] == len(eval_records(1))
+    assert res["sample_s"] > 0 and res["judge_analyze_s"] > 0 and res["all_measures_s"] > 0
+    assert 0 < res["measures_share"] < 1 and res["commit"]
