@@ -2,7 +2,10 @@
 worse right ones?
 
     python benchmarks/fidelity_split.py --models fb0=runs/s3q/s0/feedback/feedback/round3/ckpt.pt \\
-        ctl0=runs/s3q/s0/control/control/round3/ckpt.pt --out x.json
+        ctl0=runs/s3q/s0/control/control/round3/ckpt.pt@300 --out x.json
+
+A checkpoint whose run sampled it with the pretrained model below a cut names that cut itself
+(finetune.py writes it); `path@cut` applies one to a checkpoint saved without it.
 
 Every model (and the pretrained one) is sampled on the evaluation records exactly as
 finetune.py's Evaluator samples them (the test seeds: this explains reported numbers, it
@@ -30,7 +33,7 @@ from tiny_rlhf_t2i.evaluate import Evaluator, score  # noqa: E402
 from tiny_rlhf_t2i.fidelity import clean_references, diversity, features, shape_fit  # noqa: E402
 from tiny_rlhf_t2i.judge import analyze  # noqa: E402
 from tiny_rlhf_t2i.reward import load_reward  # noqa: E402
-from tiny_rlhf_t2i.unet import load_model  # noqa: E402
+from tiny_rlhf_t2i.unet import PretrainedBelowCut, load_model  # noqa: E402
 
 MAX_BLOBS = 4  # images with more blobs are pooled with four
 
@@ -71,8 +74,12 @@ def main(argv=None):
                    load_reward(args.reward_dir, "python train_reward.py"), args.fd_cache, args.fd_net_steps)
     records = ev.records
     prompts = np.array([r["prompt"] for r in records])
-    models = [("pretrained", pretrained)] + [
-        (name, load_model(path)[0]) for name, path in (s.split("=", 1) for s in args.models)]
+    models = [("pretrained", pretrained)]
+    for spec in args.models:  # name=path, or name=path@cut for a checkpoint saved without its cut
+        name, path = spec.split("=", 1)
+        path, _, cut = path.partition("@")
+        model = load_model(path)[0]
+        models.append((name, PretrainedBelowCut(model, pretrained, int(cut)) if cut else model))
 
     seen = {}  # name: (features, goods, analyses)
     for name, model in models:
