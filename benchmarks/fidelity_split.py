@@ -21,7 +21,6 @@ chooses nothing) and judged by the gold judge. Per model:
 """
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from stage3_seeds import machine  # noqa: E402
 from tiny_rlhf_t2i.evaluate import Evaluator, score  # noqa: E402
 from tiny_rlhf_t2i.fidelity import clean_references, diversity, features, shape_fit  # noqa: E402
 from tiny_rlhf_t2i.judge import analyze  # noqa: E402
@@ -48,11 +48,11 @@ def per_prompt_spread(feats: np.ndarray, prompts: np.ndarray, keep: np.ndarray) 
     return out
 
 
-def fits_by_blobs(analyses: list[dict]) -> dict:
-    """{number of blobs in the image: (mean shape fit of its blobs, number of blobs)}."""
+def fits_by_blobs(fits_per_image: list[list[float]]) -> dict:
+    """{number of blobs in the image: (mean shape fit of its blobs, number of blobs)}, from each
+    image's fidelity.shape_fit."""
     by = {}
-    for a in analyses:
-        fits = shape_fit(a)
+    for fits in fits_per_image:
         if fits:
             by.setdefault(min(len(fits), MAX_BLOBS), []).extend(fits)
     return {k: (float(np.mean(v)), len(v)) for k, v in sorted(by.items())}
@@ -71,7 +71,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     pretrained = load_model(args.pretrained)[0].to(memory_format=torch.channels_last)
     ev = Evaluator(args.samples_per_prompt, args.steps, 3.0, pretrained.cfg.resolution,
-                   load_reward(args.reward_dir, "python train_reward.py"), args.fd_cache, args.fd_net_steps)
+                   load_reward(args.reward_dir, "python train_reward.py"), args.fd_cache,
+                   args.fd_net_steps)
     records = ev.records
     prompts = np.array([r["prompt"] for r in records])
     models = [("pretrained", pretrained)]
@@ -81,26 +82,27 @@ def main(argv=None):
         model = load_model(path)[0]
         models.append((name, PretrainedBelowCut(model, pretrained, int(cut)) if cut else model))
 
-    seen = {}  # name: (features, goods, analyses)
+    seen = {}  # name: (features, goods, each image's shape fit per blob)
     for name, model in models:
         images = ev._sample(model, records, name)
         analyses = [analyze(im) for im in images]
         goods = np.array(score(images, records, analyses)[1], bool)
-        seen[name] = (features(ev.fnet, images), goods, analyses)
+        seen[name] = (features(ev.fnet, images), goods, [shape_fit(a) for a in analyses])
     spreads = {n: per_prompt_spread(f, prompts, g) for n, (f, g, _) in seen.items()}
     common = sorted(set.intersection(*(set(s) for s in spreads.values())))
     clean = features(ev.fnet, clean_references(records, pretrained.cfg.resolution))
     clean_spread = per_prompt_spread(clean, prompts, np.ones(len(records), bool))
 
     pre_mix = {k: n for k, (_, n) in fits_by_blobs(seen["pretrained"][2]).items()}
+
     def on_common(spread: dict) -> float:
         return float(np.mean([spread[p] for p in common])) if common else float("nan")
 
     results = {"clean renders": {"diversity": diversity(clean, records),
                                  "diversity_common": on_common(clean_spread)}}
-    for name, (f, goods, analyses) in seen.items():
-        by = fits_by_blobs(analyses)
-        fits = [x for a in analyses for x in shape_fit(a)]
+    for name, (f, goods, fits_per_image) in seen.items():
+        by = fits_by_blobs(fits_per_image)
+        fits = [x for image in fits_per_image for x in image]
         results[name] = {
             "alignment": float(goods.mean()), "diversity": diversity(f, records),
             "diversity_good_common": on_common(spreads[name]),
@@ -112,11 +114,12 @@ def main(argv=None):
         print(name, json.dumps(results[name]), flush=True)
     print("clean renders", results["clean renders"], "common prompts", len(common))
     if args.out:
+        where = {k: v for k, v in machine().items() if k != "torch_threads_per_arm"}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({
             "command": "python " + " ".join(sys.argv), "seeds": "test (explains reported "
             "numbers; nothing is chosen on them)", "samples_per_prompt": args.samples_per_prompt,
-            "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), **where,
             "common_prompts": len(common), "prompts": len(set(prompts)), "results": results},
             indent=1))
 
