@@ -93,7 +93,8 @@ class FinetuneConfig(LoopConfig):
     weight_decay: float = 0.01  # AdamW weight decay
     ema_decay: float = 0.995  # EMA of the fine-tuned weights (starts at the pretrained EMA)
     p_uncond: float = 0.1  # caption dropout on every row, as in pretraining (guidance needs it)
-    guidance_scale: float = 3.0  # sampling for the unlabeled set and the evaluation
+    guidance_scale: float = 3.0  # sampling for the evaluation (and best-of-n)
+    d_model_guidance: float = 3.0  # sampling of the model's own samples for D_model
     num_inference_steps: int = 15  # DPM-Solver++(2M) steps
     evaluation: str = "test"  # seeds of the evaluation: test (reported) or val (to choose settings)
     eval_samples_per_prompt: int = 16  # samples per fixed evaluation prompt (88 prompts)
@@ -115,7 +116,7 @@ class FinetuneConfig(LoopConfig):
         check_range(self, "model_fraction", 0, 1, open_lo=True)
         check_range(self, "p_uncond", 0, 1, open_hi=True)
         check_range(self, "beta beta_below_cut anchor unlabeled_per_category guidance_scale "
-                    "threads", 0)
+                    "d_model_guidance threads", 0)
         check_range(self, "heldout_samples_per_prompt keep_tolerance", 0)
         check_range(self, "rounds", 1)
         check_range(self, "model_t_min", 0, NUM_TRAIN_TIMESTEPS, open_hi=True)
@@ -203,7 +204,8 @@ def sample_round(model, folder: Path, records: list[dict], n_labels: int, flip_r
     four categories, labeled by stage 1's labeler) and folder/unlabeled (the rest); rank 0
     samples, the other ranks wait. Returns the labeled set (empty if n_labels is 0)."""
     picked = set((np.arange(n_labels) * len(records)) // max(1, n_labels))
-    sampling = dict(num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
+    sampling = dict(num_inference_steps=cfg.num_inference_steps,
+                    guidance_scale=cfg.d_model_guidance)
     if distributed.is_main():
         if n_labels:
             collect(model, folder / "labeled", [r for i, r in enumerate(records) if i in picked],

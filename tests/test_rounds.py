@@ -205,13 +205,19 @@ def test_kept_round_has_the_best_reward_among_rounds_within_the_fidelity_toleran
     assert pick_round([sig(0.5, 0.99), sig(0.4, 0.99)], 0.015) == 0  # less reward: not kept
 
 
-def test_rounds_without_new_labels_run_on_any_image_size(smoke_run, tmp_path):
+def test_rounds_without_new_labels_run_on_any_image_size(smoke_run, tmp_path, monkeypatch):
     """--labels_per_round 0: round 2 learns from its unlabeled samples, scored by stage 2's
-    reward (nothing new to train it on); evaluated on the validation seeds."""
+    reward (nothing new to train it on); evaluated on the validation seeds. D_model's own
+    samples are drawn at --d_model_guidance, whatever the evaluation's guidance."""
+    scales, collect = [], finetune.collect
+    monkeypatch.setattr(finetune, "collect", lambda *a, **kw: (scales.append(
+        kw["guidance_scale"]), collect(*a, **kw))[1])
     fb = tmp_path / "feedback"
     shutil.copytree(smoke_run / "feedback" / "train", fb / "train")
     shutil.copytree(smoke_run / "fd", tmp_path / "fd")
-    _finetune(smoke_run, fb, tmp_path / "out", "--labels_per_round", "0", "--evaluation", "val")
+    _finetune(smoke_run, fb, tmp_path / "out", "--labels_per_round", "0", "--evaluation", "val",
+              "--d_model_guidance", "1.5")
+    assert scales == [1.5, 1.5]  # round 1's and round 2's unlabeled samples
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert [p["round"] for p in m["rounds"]["feedback"]] == [0, 1, 2]
     assert m["labels"] == {"feedback": 64} and m["evaluation"] == "val"
