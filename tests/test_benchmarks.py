@@ -21,6 +21,7 @@ import count_breakdown  # noqa: E402
 import d_model_weights  # noqa: E402
 import eval_share  # noqa: E402
 import fidelity_split  # noqa: E402
+import guidance_sweep  # noqa: E402
 import lone_shape_probe  # noqa: E402
 import pipeline_times  # noqa: E402
 import reward_breakdown  # noqa: E402
@@ -302,6 +303,27 @@ def test_fidelity_split_measures_the_pretrained_model_as_itself(smoke_run, tmp_p
     assert same["diversity"] == pytest.approx(pre["diversity"], rel=1e-4)
     assert pre["shape_fit_at_pretrained_mix"] == pytest.approx(pre["shape_fit"])
     assert sum(b["blobs"] for b in pre["shape_fit_by_blobs"].values()) > 0
+
+
+def test_guidance_sweep_draws_what_the_validation_evaluation_draws(smoke_run, tmp_path):
+    from tiny_rlhf_t2i.evaluate import Evaluator
+    from tiny_rlhf_t2i.reward import load_reward
+    from tiny_rlhf_t2i.unet import load_model
+    out, ckpt = tmp_path / "sweep.json", smoke_run / "unet/ckpt.pt"
+    guidance_sweep.main(["--models", f"pre={ckpt}", "--scales", "1,3", "--reward_dir",
+                         str(smoke_run / "reward"), "--fd_cache", str(smoke_run / "fd"),
+                         "--fd_net_steps", "30", "--samples_per_prompt", "2", "--steps", "3",
+                         "--out", str(out)])
+    res = json.loads(out.read_text())["result"]["pre"]
+    assert set(res) == {"1.0", "3.0"} and res["1.0"] != res["3.0"]
+    model = load_model(ckpt)[0].to(memory_format=torch.channels_last)
+    ev = Evaluator(2, 3, 3.0, model.cfg.resolution, load_reward(smoke_run / "reward", "x"),
+                   smoke_run / "fd", 30, val=True)
+    with torch.no_grad():
+        m = ev.model(model, "direct")[0]
+    assert res["3.0"]["overall"] == round(100 * m["alignment"]["overall"]["mean"], 1)
+    assert res["3.0"]["diversity"] == round(m["diversity"], 2)  # two per prompt: defined
+    assert res["3.0"]["fd"] == round(m["fd"], 1)
 
 
 def test_eval_share_times_every_phase(smoke_run, tmp_path):
