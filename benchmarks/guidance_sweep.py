@@ -56,7 +56,6 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     models = {}
     for spec in args.models:
         name, _, path = spec.partition("=")
