@@ -115,3 +115,10 @@ def test_collect_refuses_a_folder_made_with_other_settings(tmp_path):
     with pytest.raises(UserError, match="holds images of another feedback set"):
         collect(None, tmp_path, other_seed, num_inference_steps=5, guidance_scale=3.0,
                 flip_rate=0.0)
+    drawn = tmp_path / "drawn"  # the same records, drawn with another guidance
+    drawn.mkdir()
+    write_jsonl(drawn / "samples.jsonl", [{**r, "judge_good": True, "judge_reason": "",
+                                           "guidance_scale": 3.0, "steps": 5} for r in old])
+    with pytest.raises(UserError, match="sampled with guidance 3.0 and 5 steps, now asked for "
+                                        "guidance 1.5 and 5 steps"):
+        collect(None, drawn, old, num_inference_steps=5, guidance_scale=1.5, flip_rate=0.0)

@@ -69,12 +69,20 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
         raise UserError(f"{folder} holds images of another feedback set ({extra[0]}, "
                         f"{len(extra)} in all); delete the folder or choose another "
                         f"--feedback_dir")
+    drawn = (guidance_scale, num_inference_steps)
     for r in records:  # resuming is only sound if the folder was made for these very records
         old = done.get(r["id"])
         if old is not None and (old["prompt"], old["seed"]) != (r["prompt"], r["seed"]):
             raise UserError(f"{folder} was made with other settings (its image {r['id']} "
                             f"is for {old['prompt']!r}, now asked for {r['prompt']!r}); delete "
                             f"the folder or choose another --feedback_dir")
+        # ... and drawn the same way (rows written before these fields existed pass)
+        if old is not None and (old.get("guidance_scale", drawn[0]),
+                                old.get("steps", drawn[1])) != drawn:
+            raise UserError(f"{folder} was sampled with guidance {old['guidance_scale']} and "
+                            f"{old['steps']} steps, now asked for guidance {drawn[0]} and "
+                            f"{drawn[1]} steps; delete the folder or choose another "
+                            f"--feedback_dir")
     n_read = len(labels)
     if labeler == "judge" and samples and labels_path.exists() and not labels:
         # no kill leaves this (the first write has rows): a person's file, emptied or not yet
@@ -97,7 +105,8 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
             for r, image in zip(part, images):
                 Image.fromarray(image).save(folder / r["image"])
                 good, reason = judge(image, r["prompt"])
-                samples.append({**r, "judge_good": good, "judge_reason": reason})
+                samples.append({**r, "judge_good": good, "judge_reason": reason,
+                                "guidance_scale": guidance_scale, "steps": num_inference_steps})
                 if labeler == "judge":
                     labels.append(_judge_label(r, good, reason, flip_rate))
             write_jsonl(samples_path, samples)  # images first, then the rows that point at them
