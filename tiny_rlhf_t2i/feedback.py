@@ -3,8 +3,9 @@ label each image good or bad (Lee et al. 2023, Sec. 3.1).
 
 A feedback folder holds
     images/<id>.png   the samples
-    samples.jsonl     one row per image: id, image, prompt, category, split, seed, and the
-                      judge's verdict (judge_good, judge_reason)
+    samples.jsonl     one row per image: id, image, prompt, category, split, seed, how it was
+                      drawn (guidance_scale, steps) and the judge's verdict (judge_good,
+                      judge_reason)
     labels.jsonl      one row per labeled image: the same fields plus label (1 good, 0 bad),
                       reason and labeler ("judge" or "human"); stage 2 trains on this file
 Both files are rewritten atomically after every chunk, so an interrupted collection resumes
@@ -115,11 +116,14 @@ def collect(model, folder, records: list[dict], num_inference_steps: int,
     return labels
 
 
+SAMPLE_ONLY = ("judge_good", "judge_reason", "guidance_scale", "steps")  # not in labels.jsonl
+
+
 def _judge_label(record: dict, good: bool, reason: str, flip_rate: float) -> dict:
     """The labels.jsonl row of the procedural labeler: the judge's verdict, flipped with
     probability flip_rate (people disagree), the same for a record whatever the run."""
     flip = seeds.label_flip(record["seed"]).random() < flip_rate
-    row = {k: v for k, v in record.items() if k not in ("judge_good", "judge_reason")}
+    row = {k: v for k, v in record.items() if k not in SAMPLE_ONLY}
     return {**row, "label": int(good != flip),
             "reason": reason + (" (label flipped)" if flip else ""), "labeler": "judge"}
 
