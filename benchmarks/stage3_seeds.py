@@ -272,13 +272,17 @@ def machine() -> dict:
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in
-             (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-             if line.startswith("model name")]
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    flags = set(next((line.split(":", 1)[1].split() for line in lines
+                      if line.startswith("flags")), []))
+    # the widest vector unit: torch's CPU kernels (and so the last bits of every number) follow it
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
     return {"commit": commit, "dirty": bool(subprocess.run(
                 ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
                 capture_output=True, text=True).stdout.strip()),
-            "machine": f"{names[0] if names else platform.processor()}, {os.cpu_count()} cores",
+            "machine": f"{names[0] if names else platform.processor()}"
+                       f"{f' ({isa})' if isa else ''}, {os.cpu_count()} cores",
             "torch_threads_per_arm": 1}
 
 
