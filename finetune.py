@@ -224,7 +224,7 @@ def retrain_reward(folder: Path, k: int, labels: list[Feedback], inputs: Inputs,
     stage2 = inputs.stage2
     if distributed.is_main() and not (cfg.resume and (folder / "reward.pt").exists()):
         names = {f.name for f in dataclasses.fields(RewardTrainConfig)}
-        rcfg = RewardTrainConfig(**{**{n: stage2[n] for n in names},
+        rcfg = RewardTrainConfig(**{**{n: stage2[n] for n in names if n in stage2},
                                     "seed": seeds.round_seed(stage2["seed"], k)})
         rows = [r for fb in labels for r in fb.rows]
         images = stack_images([fb.images for fb in labels])  # (N, H, W, 3) every label so far

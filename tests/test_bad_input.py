@@ -56,6 +56,7 @@ CASES = [
     (train_reward, [*U, "--n_prompts", "1"], "--n_prompts must be >= 2, not 1"),
     (train_reward, [*U, "--lam", "-1"], "--lam must be >= 0, not -1.0"),
     (train_reward, [*U, "--reward_steps", "0"], "--reward_steps must be >= 1, not 0"),
+    (train_reward, [*U, "--reward_head", "relu"], "--reward_head must be sigmoid or linear, not 'relu'"),
     (train_reward, [*U, "--reward_lr", "0"], "--reward_lr must be > 0, not 0.0"),
     (train_reward, [*U, "--per_category", "0"], "--per_category must be >= 1, not 0"),
     (train_reward, [*U, "--labeler", "robot"], "--labeler must be judge or human, not 'robot'"),

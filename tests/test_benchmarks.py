@@ -25,6 +25,7 @@ import guidance_sweep  # noqa: E402
 import lone_shape_probe  # noqa: E402
 import pipeline_times  # noqa: E402
 import reward_breakdown  # noqa: E402
+import reward_head  # noqa: E402
 import reward_last_block  # noqa: E402
 import reward_seeds  # noqa: E402
 import round_selection  # noqa: E402
@@ -136,6 +137,17 @@ def test_reward_last_block_trains_only_what_it_names(smoke_run, tmp_path, capsys
     assert [r["tower"] for r in rows] == ["frozen", "last_block", "all"]
     assert "| last_block | mean |" in capsys.readouterr().out
     assert reward_last_block.reward.RewardModel is RewardModel  # put back after each run
+
+
+def test_reward_head(smoke_run, tmp_path, capsys):
+    out = tmp_path / "rh.json"
+    reward_head.main(["--seeds", "0", "--reward_dir", str(smoke_run / "reward"),
+                      "--feedback_dir", str(smoke_run / "feedback"), "--reward_steps", "3",
+                      "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["head"], r["lambda"]) for r in rows] == list(reward_head.VARIANTS)
+    assert [r["saturated"] is None for r in rows] == [False, False, True, True]
+    assert "| linear | 0.5 |" in capsys.readouterr().out
 
 
 def test_bench_gpu_preset_on_the_cpu(tmp_path):

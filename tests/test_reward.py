@@ -1,4 +1,5 @@
 """Stage 2: prompt augmentation, the reward model learning a tiny problem, feedback files."""
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ from tiny_rlhf_t2i.diffusion import to_model_space
 from tiny_rlhf_t2i.feedback import collect, feedback_records, load_labeled
 from tiny_rlhf_t2i.files import write_jsonl
 from tiny_rlhf_t2i.losses import reward_loss
-from tiny_rlhf_t2i.reward import RewardModel, augment_prompts
+from tiny_rlhf_t2i.reward import RewardModel, RewardTrainConfig, augment_prompts
 from tiny_rlhf_t2i.text import encode
 from tiny_rlhf_t2i.scenes import render_prompt
 from tiny_rlhf_t2i.world import UNSEEN_SHAPES, parse, prompt_set, to_prompt
@@ -122,3 +123,20 @@ def test_collect_refuses_a_folder_made_with_other_settings(tmp_path):
     with pytest.raises(UserError, match="sampled with guidance 3.0 and 5 steps, now asked for "
                                         "guidance 1.5 and 5 steps"):
         collect(None, drawn, old, num_inference_steps=5, guidance_scale=1.5, flip_rate=0.0)
+
+
+def test_linear_reward_is_its_logit_and_loads_back_linear(tmp_path):
+    from tiny_rlhf_t2i.files import save_checkpoint
+    from tiny_rlhf_t2i.reward import load_reward
+    torch.manual_seed(0)
+    clip = Clip(ClipConfig())
+    img, txt = torch.randn(4, clip.cfg.embed_dim), torch.randn(4, clip.cfg.embed_dim)
+    linear, squashed = RewardModel(clip, linear=True), RewardModel(clip)
+    squashed.load_state_dict(linear.state_dict())
+    assert torch.equal(linear.head(img, txt), linear.logit(img, txt))
+    assert torch.equal(squashed.head(img, txt), torch.sigmoid(linear.logit(img, txt)))
+    save_checkpoint(tmp_path / "reward.pt", {
+        "model": linear.state_dict(), "lam": 0.5, "clip_config": dataclasses.asdict(clip.cfg),
+        "config": dataclasses.asdict(RewardTrainConfig(reward_head="linear"))})
+    loaded = load_reward(tmp_path, "python train_reward.py")
+    assert loaded.linear and torch.equal(loaded.head(img, txt), linear.head(img, txt))

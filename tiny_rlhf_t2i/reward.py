@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import seeds
 from .clip import Clip, ClipConfig
-from .config import UserError, check_range
+from .config import UserError, check_range, require
 from .diffusion import to_model_space
 from .evaluate import pairwise_accuracy
 from .files import load_checkpoint
@@ -33,8 +33,17 @@ from .world import ATTRIBUTES, perturb, parse, to_prompt
 
 
 class RewardModel(nn.Module):
-    def __init__(self, clip: Clip, hidden: int = 128, train_image_encoder: bool = False):
+    """r_phi(x, z): frozen CLIP embeddings of image and prompt -> MLP -> a scalar reward.
+    linear False: r = sigmoid(MLP) in [0, 1]; True: r = MLP, unbounded (the MSE to the 0/1
+    label alone keeps it near [0, 1]). Why it matters: with r squashed, Eq. 1's prompt
+    classification (a softmax over r / T, never near one-hot for r in [0, 1]) drives the logits
+    without end while the MSE's gradient vanishes in the saturated sigmoid, and the ranking within
+    a prompt can invert (benchmarks/reward_head.py)."""
+
+    def __init__(self, clip: Clip, hidden: int = 128, train_image_encoder: bool = False,
+                 linear: bool = False):
         super().__init__()
+        self.linear = linear
         self.image = copy.deepcopy(clip.image).requires_grad_(train_image_encoder)
         self.text = copy.deepcopy(clip.text).requires_grad_(False)
         self.text_proj = copy.deepcopy(clip.text_proj).requires_grad_(False)
@@ -54,8 +63,9 @@ class RewardModel(nn.Module):
         return self.mlp(torch.cat([img, txt, img * txt], -1)).squeeze(-1)
 
     def head(self, img, txt):
-        """(B, E), (B, E) -> r in [0, 1], (B,)."""
-        return torch.sigmoid(self.logit(img, txt))
+        """(B, E), (B, E) -> r, (B,): in [0, 1], or the logit itself for a linear reward."""
+        logit = self.logit(img, txt)
+        return logit if self.linear else torch.sigmoid(logit)
 
     def forward(self, x, ids):
         return self.head(self.image_features(x), self.text_features(ids))
@@ -83,7 +93,8 @@ def load_reward(reward_dir, made_by: str, name: str = "reward") -> RewardModel:
     if "clip_config" not in state or "lam" not in state:
         raise UserError(f"{path} is not a reward model (a {name}.pt of train_reward.py); "
                         f"run `{made_by}` to make one")
-    model = RewardModel(Clip(ClipConfig(**state["clip_config"])))
+    linear = state.get("config", {}).get("reward_head", "sigmoid") == "linear"
+    model = RewardModel(Clip(ClipConfig(**state["clip_config"])), linear=linear)
     model.load_state_dict(state["model"])
     return model.eval()
 
@@ -115,18 +126,22 @@ class RewardTrainConfig:
     lam: float = 0.5  # lambda: weight of the prompt-classification loss (Eq. 1, paper 0.5)
     temperature: float = 2.0  # T of softmax(r / T) in prompt classification (paper 2)
     n_prompts: int = 5  # N: the true prompt and N-1 one-attribute-changed prompts
+    reward_head: str = "sigmoid"  # r = sigmoid(MLP) in [0, 1], or linear: r = MLP (RewardModel)
 
     def __post_init__(self):
         check_range(self, "reward_steps reward_batch", 1)
         check_range(self, "reward_lr temperature", 0, open_lo=True)
         check_range(self, "lam", 0)
         check_range(self, "n_prompts", 2)  # the true prompt and at least one wrong one
+        require(self.reward_head in ("sigmoid", "linear"),
+                f"--reward_head must be sigmoid or linear, not {self.reward_head!r}")
 
 
 def train_reward_model(clip: Clip, rows, images, cfg: RewardTrainConfig, lam: float, device):
     """Eq. 1 on the labeled feedback: MSE to the label + lam * prompt classification."""
     torch.manual_seed(cfg.seed)
-    model = RewardModel(clip, train_image_encoder=cfg.train_image_encoder).to(device)
+    model = RewardModel(clip, train_image_encoder=cfg.train_image_encoder,
+                        linear=cfg.reward_head == "linear").to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.reward_lr, weight_decay=0.01)
     x_all = to_model_space(images)  # (N, 3, H, W)

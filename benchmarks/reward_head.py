@@ -1,0 +1,110 @@
+"""Does Eq. 1's prompt classification break the reward's ranking when the reward is a sigmoid?
+
+    python benchmarks/reward_head.py --seeds 0,1,2      # ~10 min on 2 cores
+
+Our reward is r = sigmoid(MLP(...)) trained by Eq. 1: MSE to the 0/1 label plus lambda times a
+softmax over r(x, z_j) / T for a good image's true and one-attribute-changed prompts. With r in
+[0, 1] and T = 2 the softmax can never come close to one-hot, so prompt classification keeps
+pushing the true prompt's logit up and the others' down without end, while the MSE term, whose
+gradient vanishes where the sigmoid saturates, cannot hold the logits back: rewards pile up at
+exactly 1.0 and the ranking *within* a prompt (what Eq. 2's weights use) is whatever the
+runaway logits leave. A linear head (r = MLP(...), unbounded; the MSE then holds r near the
+labels) removes that runaway. Four ways to train the reward (Eq. 1 at train_reward.py's other
+settings, the same CLIP in runs/reward/clip.pt):
+  sigmoid, lambda 0.5   train_reward.py's `reward`, the one stage 3 uses
+  sigmoid, lambda 0     train_reward.py's `reward_no_pc`
+  linear, lambda 0.5 / linear, lambda 0
+Validation: the training feedback's images with seed % 5 == 0 are held back (gold labels, seen
+prompts only), the rest train; the held-out feedback set (other seeds, seen and unseen prompts)
+is the evaluation. Ranked by the logit (for the linear head, the reward itself). "three" is the
+pairwise accuracy on "three ..." count prompts, where the pretrained model draws four shapes and
+Eq. 2 can only teach the count if the reward ranks its rare right images first. `saturated` is
+the share of held-out rewards exactly 1.0 in float32 (sigmoid only).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from tiny_rlhf_t2i import reward  # noqa: E402
+from tiny_rlhf_t2i.clip import Clip, ClipConfig  # noqa: E402
+from tiny_rlhf_t2i.evaluate import pairwise_accuracy  # noqa: E402
+from tiny_rlhf_t2i.feedback import load_feedback  # noqa: E402
+from tiny_rlhf_t2i.files import load_checkpoint, pick_device  # noqa: E402
+from stage3_seeds import write_record  # noqa: E402
+
+VARIANTS = (("sigmoid", 0.5), ("sigmoid", 0.0), ("linear", 0.5), ("linear", 0.0))
+
+
+def pairwise(scores, rows, keep) -> float:
+    """Pairwise accuracy (the rows' labels) of the rows where keep is true, in %."""
+    labels = np.array([r["label"] for r in rows])
+    prompts = np.array([r["prompt"] for r in rows])
+    return 100 * pairwise_accuracy(scores[keep], labels[keep], prompts[keep])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--reward_dir", type=Path, default=Path("runs/reward"))
+    parser.add_argument("--feedback_dir", type=Path, default=Path("data/feedback"))
+    parser.add_argument("--reward_steps", type=int, default=reward.RewardTrainConfig.reward_steps)
+    parser.add_argument("--out", type=Path, help="write the numbers as JSON here")
+    args = parser.parse_args(argv)
+    made_by = "python train_reward.py"
+    device = pick_device("auto")
+    train = load_feedback(args.feedback_dir / "train", made_by)
+    held = load_feedback(args.feedback_dir / "heldout", made_by)
+    clip = Clip(ClipConfig(resolution=train.images.shape[1]))
+    clip.load_state_dict(load_checkpoint(args.reward_dir / "clip.pt", made_by)["model"])
+    clip = clip.to(device).eval()
+
+    is_val = np.array([r["seed"] % 5 == 0 for r in train.rows])
+    fit_rows = [r for r, v in zip(train.rows, is_val) if not v]  # noisy labels, as trained on
+    fit_images = train.images[~is_val]
+    val_rows = [{**r, "label": int(train.judged[r["id"]])} for r, v in zip(train.rows, is_val) if v]
+    val_images = train.images[is_val]
+    three = lambda rows: np.array([r["prompt"].startswith("three") for r in rows])
+    split = lambda rows, s: np.array([r["split"] == s for r in rows])
+
+    results = []
+    print("| head | lambda | seed | validation | val. three | held-out seen | seen three | "
+          "unseen | unseen three | saturated |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for head, lam in VARIANTS:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            cfg = reward.RewardTrainConfig(seed=seed, reward_steps=args.reward_steps, lam=lam,
+                                            reward_head=head)
+            model = reward.train_reward_model(clip, fit_rows, fit_images, cfg, lam, device)
+            v = model.score(val_images, [r["prompt"] for r in val_rows], logit=True).numpy()
+            h = model.score(held.images, [r["prompt"] for r in held.rows], logit=True).numpy()
+            seen, unseen = split(held.rows, "seen"), split(held.rows, "unseen")
+            row = {"head": head, "lambda": lam, "seed": seed,
+                   "validation": pairwise(v, val_rows, np.ones(len(v), bool)),
+                   "validation_three": pairwise(v, val_rows, three(val_rows)),
+                   "heldout_seen": pairwise(h, held.rows, seen),
+                   "heldout_seen_three": pairwise(h, held.rows, seen & three(held.rows)),
+                   "heldout_unseen": pairwise(h, held.rows, unseen),
+                   "heldout_unseen_three": pairwise(h, held.rows, unseen & three(held.rows)),
+                   "saturated": (100 * float((torch.sigmoid(torch.from_numpy(h)) == 1).float()
+                                             .mean()) if head == "sigmoid" else None)}
+            results.append(row)
+            print("| %s | %g | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %s |" % (
+                head, lam, seed, *[row[k] for k in list(row)[3:-1]],
+                "-" if row["saturated"] is None else "%.1f" % row["saturated"]), flush=True)
+    keys = [k for k in results[0] if k not in ("head", "lambda", "seed", "saturated")]
+    print("\nmean [min, max] over seeds")
+    for head, lam in VARIANTS:
+        rs = [r for r in results if (r["head"], r["lambda"]) == (head, lam)]
+        print("| %s | %g | %s |" % (head, lam, " | ".join(
+            "%.1f [%.1f, %.1f]" % (np.mean(x), np.min(x), np.max(x))
+            for x in ([r[k] for r in rs] for k in keys))))
+    if args.out:
+        write_record(args.out, results, torch.get_num_threads())
+
+
+if __name__ == "__main__":
+    main()
