@@ -5,11 +5,11 @@
 Our reward is r = sigmoid(MLP(...)) trained by Eq. 1: MSE to the 0/1 label plus lambda times a
 softmax over r(x, z_j) / T for a good image's true and one-attribute-changed prompts. With r in
 [0, 1] and T = 2 the softmax can never come close to one-hot, so prompt classification keeps
-pushing the true prompt's logit up and the others' down without end, while the MSE term, whose
-gradient vanishes where the sigmoid saturates, cannot hold the logits back: rewards pile up at
-exactly 1.0 and the ranking *within* a prompt (what Eq. 2's weights use) is whatever the
-runaway logits leave. A linear head (r = MLP(...), unbounded; the MSE then holds r near the
-labels) removes that runaway. Four ways to train the reward (Eq. 1 at train_reward.py's other
+pushing good images' true-prompt logits up for as long as the sigmoid has slope; a bad pair
+carried into saturation with them gets no gradient from the MSE term (the sigmoid's slope is
+about 0 there), rewards pile up at exactly 1.0, and the ranking *within* a prompt (what Eq. 2's
+weights use) can invert. A linear head (r = MLP(...), unbounded) keeps the MSE's full gradient
+on every confidently wrong pair. Four ways to train the reward (Eq. 1 at train_reward.py's other
 settings, the same CLIP in runs/reward/clip.pt):
   sigmoid, lambda 0.5   train_reward.py's `reward`, the one stage 3 uses
   sigmoid, lambda 0     train_reward.py's `reward_no_pc`

@@ -35,10 +35,11 @@ from .world import ATTRIBUTES, perturb, parse, to_prompt
 class RewardModel(nn.Module):
     """r_phi(x, z): frozen CLIP embeddings of image and prompt -> MLP -> a scalar reward.
     linear False: r = sigmoid(MLP) in [0, 1]; True: r = MLP, unbounded (the MSE to the 0/1
-    label alone keeps it near [0, 1]). Why it matters: with r squashed, Eq. 1's prompt
-    classification (a softmax over r / T, never near one-hot for r in [0, 1]) drives the logits
-    without end while the MSE's gradient vanishes in the saturated sigmoid, and the ranking within
-    a prompt can invert (benchmarks/reward_head.py)."""
+    label keeps it near [0, 1]). Why it matters: with r squashed, Eq. 1's prompt classification
+    (a softmax over r / T, never near one-hot for r in [0, 1]) pushes good images' logits up for
+    as long as the sigmoid has slope, and a bad pair carried into saturation with them gets no
+    gradient from the MSE (its slope is about 0 there): the ranking within a prompt can invert
+    (benchmarks/reward_head.py). A linear reward keeps the MSE's full gradient."""
 
     def __init__(self, clip: Clip, hidden: int = 128, train_image_encoder: bool = False,
                  linear: bool = False):
