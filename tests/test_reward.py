@@ -140,3 +140,17 @@ def test_linear_reward_is_its_logit_and_loads_back_linear(tmp_path):
         "config": dataclasses.asdict(RewardTrainConfig(reward_head="linear"))})
     loaded = load_reward(tmp_path, "python train_reward.py")
     assert loaded.linear and torch.equal(loaded.head(img, txt), linear.head(img, txt))
+
+
+def test_train_reward_model_builds_the_head_it_is_asked_for():
+    """Stage 2 and every stage-3 round train through train_reward_model: the config's head."""
+    from tiny_rlhf_t2i.reward import train_reward_model
+    prompts = ["a red circle", "two blue squares", "a green triangle", "three red circles"]
+    rows = [{"prompt": p, "label": i % 2} for i, p in enumerate(prompts)]
+    images = np.stack([render_prompt(p, 16, seed=i) for i, p in enumerate(prompts)])
+    for head in ("sigmoid", "linear"):
+        cfg = RewardTrainConfig(reward_steps=3, reward_batch=4, reward_head=head)
+        model = train_reward_model(Clip(ClipConfig()), rows, images, cfg, 0.5, "cpu")
+        assert model.linear == (head == "linear")
+        score, logit = model.score(images, prompts), model.score(images, prompts, logit=True)
+        assert torch.equal(score, logit if head == "linear" else torch.sigmoid(logit))
