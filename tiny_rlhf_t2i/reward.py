@@ -127,7 +127,8 @@ class RewardTrainConfig:
     lam: float = 0.5  # lambda: weight of the prompt-classification loss (Eq. 1, paper 0.5)
     temperature: float = 2.0  # T of softmax(r / T) in prompt classification (paper 2)
     n_prompts: int = 5  # N: the true prompt and N-1 one-attribute-changed prompts
-    reward_head: str = "sigmoid"  # r = sigmoid(MLP) in [0, 1], or linear: r = MLP (RewardModel)
+    # linear ranks pairs better, but its weights fine-tuned no better (results.md, section 20)
+    reward_head: str = "sigmoid"  # r = sigmoid(MLP) in [0, 1], or linear: r = MLP, unbounded
 
     def __post_init__(self):
         check_range(self, "reward_steps reward_batch", 1)
