@@ -34,8 +34,8 @@ from tiny_rlhf_t2i.files import load_checkpoint, pick_device  # noqa: E402
 class LastBlockOnly(reward.RewardModel):
     """The reward with only its image tower's last block trainable (the convs frozen)."""
 
-    def __init__(self, clip, hidden=128, train_image_encoder=False):
-        super().__init__(clip, hidden, train_image_encoder=False)
+    def __init__(self, clip, hidden=128, train_image_encoder=False, linear=False):
+        super().__init__(clip, hidden, train_image_encoder=False, linear=linear)
         self.image.head.requires_grad_(True)
 
 
