@@ -30,20 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from tiny_rlhf_t2i import reward  # noqa: E402
-from tiny_rlhf_t2i.clip import Clip, ClipConfig  # noqa: E402
-from tiny_rlhf_t2i.evaluate import pairwise_accuracy  # noqa: E402
-from tiny_rlhf_t2i.feedback import load_feedback  # noqa: E402
-from tiny_rlhf_t2i.files import load_checkpoint, pick_device  # noqa: E402
+from tiny_rlhf_t2i.files import pick_device  # noqa: E402
+from reward_last_block import load_split, pairwise  # noqa: E402
 from stage3_seeds import write_record  # noqa: E402
 
 VARIANTS = (("sigmoid", 0.5), ("sigmoid", 0.0), ("linear", 0.5), ("linear", 0.0))
-
-
-def pairwise(scores, rows, keep) -> float:
-    """Pairwise accuracy (the rows' labels) of the rows where keep is true, in %."""
-    labels = np.array([r["label"] for r in rows])
-    prompts = np.array([r["prompt"] for r in rows])
-    return 100 * pairwise_accuracy(scores[keep], labels[keep], prompts[keep])
 
 
 def main(argv=None):
@@ -54,19 +45,9 @@ def main(argv=None):
     parser.add_argument("--reward_steps", type=int, default=reward.RewardTrainConfig.reward_steps)
     parser.add_argument("--out", type=Path, help="write the numbers as JSON here")
     args = parser.parse_args(argv)
-    made_by = "python train_reward.py"
     device = pick_device("auto")
-    train = load_feedback(args.feedback_dir / "train", made_by)
-    held = load_feedback(args.feedback_dir / "heldout", made_by)
-    clip = Clip(ClipConfig(resolution=train.images.shape[1]))
-    clip.load_state_dict(load_checkpoint(args.reward_dir / "clip.pt", made_by)["model"])
-    clip = clip.to(device).eval()
-
-    is_val = np.array([r["seed"] % 5 == 0 for r in train.rows])
-    fit_rows = [r for r, v in zip(train.rows, is_val) if not v]  # noisy labels, as trained on
-    fit_images = train.images[~is_val]
-    val_rows = [{**r, "label": int(train.judged[r["id"]])} for r, v in zip(train.rows, is_val) if v]
-    val_images = train.images[is_val]
+    clip, (fit_rows, fit_images), (val_rows, val_images), held = load_split(
+        args.reward_dir, args.feedback_dir, device)
     three = lambda rows: np.array([r["prompt"].startswith("three") for r in rows])
     split = lambda rows, s: np.array([r["split"] == s for r in rows])
 
