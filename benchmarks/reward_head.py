@@ -21,7 +21,6 @@ pairwise accuracy on "three ..." count prompts, where the pretrained model draws
 Eq. 2 can only teach the count if the reward ranks its rare right images first. `saturated` is
 the share of held-out rewards exactly 1.0 in float32 (sigmoid only).
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -30,24 +29,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from tiny_rlhf_t2i import reward  # noqa: E402
-from tiny_rlhf_t2i.files import pick_device  # noqa: E402
-from reward_last_block import load_split, pairwise  # noqa: E402
+from reward_last_block import pairwise, setup  # noqa: E402
 from stage3_seeds import write_record  # noqa: E402
 
 VARIANTS = (("sigmoid", 0.5), ("sigmoid", 0.0), ("linear", 0.5), ("linear", 0.0))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--reward_dir", type=Path, default=Path("runs/reward"))
-    parser.add_argument("--feedback_dir", type=Path, default=Path("data/feedback"))
-    parser.add_argument("--reward_steps", type=int, default=reward.RewardTrainConfig.reward_steps)
-    parser.add_argument("--out", type=Path, help="write the numbers as JSON here")
-    args = parser.parse_args(argv)
-    device = pick_device("auto")
-    clip, (fit_rows, fit_images), (val_rows, val_images), held = load_split(
-        args.reward_dir, args.feedback_dir, device)
+    args, device, clip, (fit_rows, fit_images), (val_rows, val_images), held = setup(
+        __doc__, argv)
     three = lambda rows: np.array([r["prompt"].startswith("three") for r in rows])
     split = lambda rows, s: np.array([r["split"] == s for r in rows])
 

@@ -46,24 +46,13 @@ def pairwise(scores, rows, keep) -> float:
     return 100 * pairwise_accuracy(scores[keep], labels[keep], prompts[keep])
 
 
-def load_split(reward_dir: Path, feedback_dir: Path, device):
-    """Stage 2's CLIP and its feedback, split: (clip, (fit rows, images), (validation rows with
-    gold labels, images), held-out set). Validation is the training feedback's images with
-    seed % 5 == 0; the rest train, with their (noisy) labels as stage 2 trains on them."""
-    made_by = "python train_reward.py"
-    train = load_feedback(feedback_dir / "train", made_by)
-    held = load_feedback(feedback_dir / "heldout", made_by)
-    clip = Clip(ClipConfig(resolution=train.images.shape[1]))
-    clip.load_state_dict(load_checkpoint(reward_dir / "clip.pt", made_by)["model"])
-    is_val = np.array([r["seed"] % 5 == 0 for r in train.rows])
-    fit_rows = [r for r, v in zip(train.rows, is_val) if not v]
-    val_rows = [{**r, "label": int(train.judged[r["id"]])} for r, v in zip(train.rows, is_val) if v]
-    return (clip.to(device).eval(), (fit_rows, train.images[~is_val]),
-            (val_rows, train.images[is_val]), held)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def setup(doc: str, argv):
+    """A reward benchmark's command line (its docstring's first line as the description), then
+    stage 2's CLIP and its feedback, split: (args, device, clip, (fit rows, images),
+    (validation rows with gold labels, images), held-out set). Validation is the training
+    feedback's images with seed % 5 == 0; the rest train, with their (noisy) labels as stage 2
+    trains on them."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--reward_dir", type=Path, default=Path("runs/reward"))
     parser.add_argument("--feedback_dir", type=Path, default=Path("data/feedback"))
@@ -71,8 +60,21 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, help="write the numbers as JSON here")
     args = parser.parse_args(argv)
     device = pick_device("auto")
-    clip, (fit_rows, fit_images), (val_rows, val_images), held = load_split(
-        args.reward_dir, args.feedback_dir, device)
+    made_by = "python train_reward.py"
+    train = load_feedback(args.feedback_dir / "train", made_by)
+    held = load_feedback(args.feedback_dir / "heldout", made_by)
+    clip = Clip(ClipConfig(resolution=train.images.shape[1]))
+    clip.load_state_dict(load_checkpoint(args.reward_dir / "clip.pt", made_by)["model"])
+    is_val = np.array([r["seed"] % 5 == 0 for r in train.rows])
+    fit_rows = [r for r, v in zip(train.rows, is_val) if not v]
+    val_rows = [{**r, "label": int(train.judged[r["id"]])} for r, v in zip(train.rows, is_val) if v]
+    return (args, device, clip.to(device).eval(), (fit_rows, train.images[~is_val]),
+            (val_rows, train.images[is_val]), held)
+
+
+def main(argv=None):
+    args, device, clip, (fit_rows, fit_images), (val_rows, val_images), held = setup(
+        __doc__, argv)
     four = lambda rows: np.array([r["prompt"].startswith("four") for r in rows])
     split = lambda rows, s: np.array([r["split"] == s for r in rows])
 
