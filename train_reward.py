@@ -6,8 +6,9 @@
 2. Train our CLIP on the web corpus: its encoders are what the reward stands on, and its cosine
    score is the baseline the reward must beat.
 3. Train the reward model r_phi(x, z) with Eq. 1: MSE to the label + lambda * prompt
-   classification on augmented prompts. A second model without the auxiliary loss shows what
-   it adds.
+   classification on augmented prompts. A twin shows what the auxiliary loss does: stage 3's
+   reward has lambda 0 by default (with our sigmoid reward the paper's 0.5 can invert the
+   ranking within a prompt: docs/results.md), the twin the paper's 0.5.
 4. Measure the three scorers on a held-out feedback set (other seeds, seen and unseen prompts,
    gold labels): pairwise accuracy and accuracy at 0.5.
 
@@ -26,7 +27,8 @@ from tiny_rlhf_t2i.feedback import (collect, feedback_records, label_summary, lo
                                     save_gallery)
 from tiny_rlhf_t2i.files import (check_writable, load_checkpoint, pick_device, save_checkpoint,
                                  write_metrics)
-from tiny_rlhf_t2i.reward import RewardTrainConfig, measure, train_reward_model
+from tiny_rlhf_t2i.reward import (RewardTrainConfig, measure, stage2_rewards,
+                                  train_reward_model)
 from tiny_rlhf_t2i.unet import load_model
 
 
@@ -121,12 +123,12 @@ def main(argv=None):
     save_gallery(rows, images, out / "feedback_gallery.png")
     sample_s = time.time() - t0
 
-    # ---- Stage 2: the reward model on our CLIP, with and without prompt classification.
+    # ---- Stage 2: the reward model on our CLIP, and its twin with(out) prompt classification.
     clip = clip_model(cfg, out, images.shape[1], device)
     clip_s = time.time() - t0 - sample_s  # 0 when clip.pt was there already
     h_prompts = [r["prompt"] for r in h_rows]
     scorers = {"clip_score": clip.score(h_images, h_prompts).detach().cpu()}
-    for name, lam in (("reward_no_pc", 0.0), ("reward", cfg.lam)):
+    for name, lam in stage2_rewards(cfg.lam):
         model = train_reward_model(clip, rows, images, cfg, lam, device)
         save_checkpoint(out / f"{name}.pt", {"model": model.state_dict(), "lam": lam,
                                              "clip_config": dataclasses.asdict(clip.cfg),

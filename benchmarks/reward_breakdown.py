@@ -43,7 +43,8 @@ def main(argv=None):
     y = np.array([r["label"] for r in rows])
     groups = np.array([f"{r['split']}/{r['category']}/{parse(r['prompt']).count}" for r in rows])
     scores, logits = {}, {}
-    for name in ("reward_no_pc", "reward"):
+    for name in [n for n in ("reward_no_pc", "reward_pc", "reward")  # the twin, then stage 3's
+                 if (args.reward_dir / f"{n}.pt").exists()]:
         model = load_reward(args.reward_dir, "python train_reward.py", name)
         logit = model.score(images, prompts, logit=True)  # (N,); the reward is its sigmoid
         logits[name], scores[name] = logit.numpy(), torch.sigmoid(logit).numpy()

@@ -57,6 +57,7 @@ def setup(doc: str, argv):
     parser.add_argument("--reward_dir", type=Path, default=Path("runs/reward"))
     parser.add_argument("--feedback_dir", type=Path, default=Path("data/feedback"))
     parser.add_argument("--reward_steps", type=int, default=reward.RewardTrainConfig.reward_steps)
+    parser.add_argument("--variants", help="comma-separated variant names to run (default: all)")
     parser.add_argument("--out", type=Path, help="write the numbers as JSON here")
     args = parser.parse_args(argv)
     device = pick_device("auto")
@@ -72,6 +73,17 @@ def setup(doc: str, argv):
             (val_rows, train.images[is_val]), held)
 
 
+def chosen(args, names):
+    """The variants --variants names (all of them without it), in the benchmark's order."""
+    if not args.variants:
+        return list(names)
+    asked = args.variants.split(",")
+    unknown = [a for a in asked if a not in names]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; known: {', '.join(names)}")
+    return [n for n in names if n in asked]
+
+
 def main(argv=None):
     args, device, clip, (fit_rows, fit_images), (val_rows, val_images), held = setup(
         __doc__, argv)
@@ -81,7 +93,7 @@ def main(argv=None):
     results = []
     print("| tower | seed | validation | val. four | held-out seen | seen four | unseen |")
     print("|---|---|---|---|---|---|---|")
-    for variant in ("frozen", "last_block", "all"):
+    for variant in chosen(args, ("frozen", "last_block", "all")):
         for seed in [int(s) for s in args.seeds.split(",")]:
             cfg = reward.RewardTrainConfig(seed=seed, reward_steps=args.reward_steps,
                                             train_image_encoder=variant == "all")
@@ -105,7 +117,7 @@ def main(argv=None):
                 variant, seed, *[row[k] for k in list(row)[2:]]), flush=True)
     keys = list(results[0])[2:]
     print("\nmeans over seeds")
-    for variant in ("frozen", "last_block", "all"):
+    for variant in chosen(args, ("frozen", "last_block", "all")):
         rs = [r for r in results if r["tower"] == variant]
         print("| %s | mean | %s |" % (variant, " | ".join(
             "%.1f" % np.mean([r[k] for r in rs]) for k in keys)))

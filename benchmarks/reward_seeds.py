@@ -24,7 +24,8 @@ from tiny_rlhf_t2i.clip import Clip, ClipConfig, train_clip  # noqa: E402
 from tiny_rlhf_t2i.corpus import CaptionNoise  # noqa: E402
 from tiny_rlhf_t2i.feedback import load_labeled  # noqa: E402
 from tiny_rlhf_t2i.files import load_checkpoint, pick_device  # noqa: E402
-from tiny_rlhf_t2i.reward import RewardTrainConfig, measure, train_reward_model  # noqa: E402
+from tiny_rlhf_t2i.reward import (RewardTrainConfig, measure, stage2_rewards,  # noqa: E402
+                                  train_reward_model)
 
 
 def main(argv=None):
@@ -52,13 +53,13 @@ def main(argv=None):
         clip = clip.to(device).eval()
     pairwise = lambda score: [100 * m["pairwise_accuracy"]
                               for m in measure(score, h_rows).values()]  # seen, unseen
-    scores = {"reward_no_pc": [], "reward": []}  # per scorer, one (N,) array per seed
+    scores = {name: [] for name, _ in stage2_rewards(cfg.lam)}  # one (N,) array per seed
     print("| seed | scorer | pairwise seen | unseen |\n|---|---|---|---|")
     with torch.no_grad():
         print("| - | clip_score | %.1f | %.1f |" % tuple(pairwise(clip.score(h_images, prompts)
                                                                  .cpu().numpy())))
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for name, lam in (("reward_no_pc", 0.0), ("reward", cfg.lam)):
+        for name, lam in stage2_rewards(cfg.lam):
             model = train_reward_model(clip, rows, images, dataclasses.replace(cfg, seed=seed),
                                        lam, device)
             scores[name].append(model.score(h_images, prompts).numpy())

@@ -8,6 +8,7 @@ import torch
 
 from tiny_rlhf_t2i.evaluate import eval_records, heldout_records, pick_round
 from tiny_rlhf_t2i.feedback import feedback_records
+from tiny_rlhf_t2i.reward import RewardModel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -111,7 +112,7 @@ def test_reward_breakdown(smoke_run, capsys):
     reward_breakdown.main(["--reward_dir", str(smoke_run / "reward"),
                            "--heldout", str(smoke_run / "feedback" / "heldout")])
     out = capsys.readouterr().out
-    assert "| group | images | good | pairs | reward_no_pc | reward |" in out
+    assert "| group | images | good | pairs | reward_pc | reward |" in out
     assert "pairwise accuracy ranked by the logit" in out
 
 
@@ -123,7 +124,7 @@ def test_reward_seeds(smoke_run, capsys):
 
 
 def test_reward_last_block_trains_only_what_it_names(smoke_run, tmp_path, capsys):
-    from tiny_rlhf_t2i.reward import RewardModel, load_stage2
+    from tiny_rlhf_t2i.reward import load_stage2
     clip, _ = load_stage2(smoke_run / "reward", "python train_reward.py --preset smoke")
     model = reward_last_block.LastBlockOnly(clip)
     assert all(p.requires_grad for p in model.image.head.parameters())
@@ -145,9 +146,22 @@ def test_reward_head(smoke_run, tmp_path, capsys):
                       "--feedback_dir", str(smoke_run / "feedback"), "--reward_steps", "3",
                       "--out", str(out)])
     rows = json.loads(out.read_text())["results"]
-    assert [(r["head"], r["lambda"]) for r in rows] == list(reward_head.VARIANTS)
-    assert [r["saturated"] is None for r in rows] == [False, False, True, True]
-    assert "| linear | 0.5 |" in capsys.readouterr().out
+    assert [(r["variant"], r["head"], r["lambda"]) for r in rows] == [
+        v[:3] for v in reward_head.VARIANTS]
+    assert [r["saturated"] is None for r in rows] == [False, False, False, True, True]
+    assert "| linear_no_pc | 0 |" in capsys.readouterr().out
+    assert reward_head.reward.RewardModel is RewardModel  # put back after each run
+
+
+def test_reward_benchmarks_run_the_variants_asked_for(smoke_run, tmp_path):
+    args = ["--seeds", "0", "--reward_dir", str(smoke_run / "reward"),
+            "--feedback_dir", str(smoke_run / "feedback"), "--reward_steps", "2"]
+    reward_head.main(args + ["--variants", "sigmoid_no_pc,sigmoid", "--out",
+                             str(tmp_path / "rh.json")])
+    rows = json.loads((tmp_path / "rh.json").read_text())["results"]
+    assert [r["variant"] for r in rows] == ["sigmoid", "sigmoid_no_pc"]  # the benchmark's order
+    with pytest.raises(SystemExit, match="unknown \\['sigmoid_pc'\\]"):
+        reward_head.main(args + ["--variants", "sigmoid_pc"])
 
 
 def test_bench_gpu_preset_on_the_cpu(tmp_path):

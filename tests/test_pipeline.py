@@ -48,7 +48,7 @@ def test_smoke_pipeline_end_to_end(smoke_run):
     assert pre["corpus_size"] == 2000 and pre["p_undercount"] == 0.7
 
     m1 = json.loads((tmp_path / "reward" / "metrics.json").read_text())
-    assert set(m1["pairwise_accuracy"]) == {"clip_score", "reward_no_pc", "reward"}
+    assert set(m1["pairwise_accuracy"]) == {"clip_score", "reward_pc", "reward"}
     assert set(m1["pairwise_accuracy"]["reward"]) == {"seen", "unseen"}
     labels = (tmp_path / "feedback" / "train" / "labels.jsonl").read_text().splitlines()
     assert len(labels) == 4 * 16 and len({json.loads(r)["id"] for r in labels}) == 64

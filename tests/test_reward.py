@@ -142,6 +142,29 @@ def test_linear_reward_is_its_logit_and_loads_back_linear(tmp_path):
     assert loaded.linear and torch.equal(loaded.head(img, txt), linear.head(img, txt))
 
 
+def test_prompt_classification_over_r_in_0_1_can_never_be_satisfied():
+    """Eq. 1's softmax ranks r itself; with r in [0, 1], T 2 and N 5 its loss can never fall
+    below log(1 + 4 e^-0.5), so it never stops pushing a sigmoid reward's logits (over logits it
+    would fall to 0 once the true prompt leads by enough)."""
+    from tiny_rlhf_t2i.losses import prompt_classification_loss
+    torch.manual_seed(0)
+    clip = Clip(ClipConfig())
+    model = RewardModel(clip)
+    img, txt = torch.randn(4, clip.cfg.embed_dim), torch.randn(4, clip.cfg.embed_dim)
+    assert torch.equal(model.prompt_scores(img, txt), model.head(img, txt))
+    best_r = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0]])  # the most one-hot r in [0, 1] can be
+    assert prompt_classification_loss(best_r, 2.0).item() == pytest.approx(
+        float(np.log(1 + 4 * np.exp(-0.5))), abs=1e-6)
+    assert prompt_classification_loss(40 * best_r - 20, 2.0).item() < 1e-7
+
+
+def test_stage_2_trains_stage_3s_reward_and_a_twin_that_shows_prompt_classification():
+    from tiny_rlhf_t2i.reward import stage2_rewards
+    assert RewardTrainConfig().lam == 0.0
+    assert stage2_rewards(0.0) == [("reward_pc", 0.5), ("reward", 0.0)]  # the paper's lambda
+    assert stage2_rewards(0.3) == [("reward_no_pc", 0.0), ("reward", 0.3)]
+
+
 def test_train_reward_model_builds_the_head_it_is_asked_for():
     """Stage 2 and every stage-3 round train through train_reward_model: the config's head."""
     from tiny_rlhf_t2i.reward import train_reward_model

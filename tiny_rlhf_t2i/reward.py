@@ -68,6 +68,13 @@ class RewardModel(nn.Module):
         logit = self.logit(img, txt)
         return logit if self.linear else torch.sigmoid(logit)
 
+    def prompt_scores(self, img, txt):
+        """(B, E), (B, E) -> what Eq. 1's prompt classification ranks, (B,): r itself, as the
+        paper writes it. Ranking by the logit instead asks the same question (the sigmoid is
+        monotone) with a softmax that can be satisfied, but then its loss pushes margins, and
+        the rewards saturate more, not less (benchmarks/reward_head.py)."""
+        return self.head(img, txt)
+
     def forward(self, x, ids):
         return self.head(self.image_features(x), self.text_features(ids))
 
@@ -88,7 +95,7 @@ class RewardModel(nn.Module):
 
 
 def load_reward(reward_dir, made_by: str, name: str = "reward") -> RewardModel:
-    """A stage-2 reward model (name: reward, or reward_no_pc for the one without Eq. 1's PC)."""
+    """A stage-2 reward model (name: reward, stage 3's; or its twin, see stage2_rewards)."""
     path = Path(reward_dir) / f"{name}.pt"
     state = load_checkpoint(path, made_by)
     if "clip_config" not in state or "lam" not in state:
@@ -124,7 +131,9 @@ class RewardTrainConfig:
     reward_batch: int = 128  # reward-model batch size
     reward_lr: float = 1e-3  # reward-model learning rate (cosine decay to 0)
     train_image_encoder: bool = False  # let the reward's image encoder adapt (paper: frozen)
-    lam: float = 0.5  # lambda: weight of the prompt-classification loss (Eq. 1, paper 0.5)
+    # lambda 0 by default: on our sigmoid reward the paper's 0.5 can rank a prompt's pairs
+    # backwards and fine-tune worse (docs/results.md, sections 20-21); its twin still trains
+    lam: float = 0.0  # lambda: weight of the prompt-classification loss (Eq. 1, paper 0.5)
     temperature: float = 2.0  # T of softmax(r / T) in prompt classification (paper 2)
     n_prompts: int = 5  # N: the true prompt and N-1 one-attribute-changed prompts
     # linear ranks pairs better, but its weights fine-tuned no better (results.md, section 20)
@@ -137,6 +146,16 @@ class RewardTrainConfig:
         check_range(self, "n_prompts", 2)  # the true prompt and at least one wrong one
         require(self.reward_head in ("sigmoid", "linear"),
                 f"--reward_head must be sigmoid or linear, not {self.reward_head!r}")
+
+
+PAPER_LAM = 0.5  # the paper's lambda
+
+
+def stage2_rewards(lam: float) -> list[tuple[str, float]]:
+    """The two reward models stage 2 trains, (name, lambda): its twin, which shows what Eq. 1's
+    prompt classification does (at the paper's lambda when --lam is 0, else without it), then
+    `reward` at --lam, the one stage 3 uses."""
+    return [("reward_pc", PAPER_LAM) if lam == 0 else ("reward_no_pc", 0.0), ("reward", lam)]
 
 
 def train_reward_model(clip: Clip, rows, images, cfg: RewardTrainConfig, lam: float, device):
@@ -166,7 +185,7 @@ def train_reward_model(clip: Clip, rows, images, cfg: RewardTrainConfig, lam: fl
                      + augment_prompts(rows[i]["prompt"], cfg.n_prompts - 1, rng)]
             txt = model.text_features(encode(cands).to(device))  # (G * N, E)
             img_good = img[(y_all[idx] == 1).to(device)].repeat_interleave(cfg.n_prompts, 0)
-            aug = model.head(img_good, txt).view(len(good), cfg.n_prompts)  # (G, N)
+            aug = model.prompt_scores(img_good, txt).view(len(good), cfg.n_prompts)  # (G, N)
         loss = reward_loss(pred, y_all[idx].to(device), aug, lam, cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
