@@ -146,6 +146,8 @@ RUNS = {
     "feedback": Run("reward"),  # the method, at the command line's settings
     "control": Run(None),  # same steps and rounds, D_pre only: extra training without feedback
     "gold": Run("gold"),  # a perfect reward model: the ceiling of the method
+    # The paper's fine-tuning schedule, on stage 3's reward (lambda 0; stage 2 keeps the paper's
+    # Eq. 1 reward as reward_pc.pt)
     "paper": Run("reward", settings=dict(rounds=1, model_t_min=0, balance=False, anchor=0.0,
                                          pretrained_below=0)),
     "unbalanced": Run("reward", settings=dict(balance=False)),  # plain Eq. 2 weights
