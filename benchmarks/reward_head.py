@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from tiny_rlhf_t2i import reward  # noqa: E402
-from reward_last_block import chosen, pairwise, setup  # noqa: E402
+from reward_last_block import chosen, pairwise, setup, train_as  # noqa: E402
 from stage3_seeds import write_record  # noqa: E402
 
 
@@ -67,12 +67,7 @@ def main(argv=None):
         for seed in [int(s) for s in args.seeds.split(",")]:
             cfg = reward.RewardTrainConfig(seed=seed, reward_steps=args.reward_steps, lam=lam,
                                             reward_head=head)
-            default_class = reward.RewardModel
-            reward.RewardModel = model_class
-            try:
-                model = reward.train_reward_model(clip, fit_rows, fit_images, cfg, lam, device)
-            finally:
-                reward.RewardModel = default_class
+            model = train_as(model_class, clip, fit_rows, fit_images, cfg, device)
             v = model.score(val_images, [r["prompt"] for r in val_rows], logit=True).numpy()
             h = model.score(held.images, [r["prompt"] for r in held.rows], logit=True).numpy()
             seen, unseen = split(held.rows, "seen"), split(held.rows, "unseen")

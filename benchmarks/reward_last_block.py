@@ -73,6 +73,17 @@ def setup(doc: str, argv):
             (val_rows, train.images[is_val]), held)
 
 
+def train_as(model_class, clip, rows, images, cfg, device):
+    """Stage 2's train_reward_model at cfg.lam, building `model_class` in place of RewardModel
+    (put back afterwards: the tests call the benchmarks in-process)."""
+    default = reward.RewardModel
+    reward.RewardModel = model_class
+    try:
+        return reward.train_reward_model(clip, rows, images, cfg, cfg.lam, device)
+    finally:
+        reward.RewardModel = default
+
+
 def chosen(args, names):
     """The variants --variants names (all of them without it), in the benchmark's order."""
     if not args.variants:
@@ -97,12 +108,8 @@ def main(argv=None):
         for seed in [int(s) for s in args.seeds.split(",")]:
             cfg = reward.RewardTrainConfig(seed=seed, reward_steps=args.reward_steps,
                                             train_image_encoder=variant == "all")
-            model_class = reward.RewardModel
-            reward.RewardModel = LastBlockOnly if variant == "last_block" else model_class
-            try:
-                model = reward.train_reward_model(clip, fit_rows, fit_images, cfg, cfg.lam, device)
-            finally:
-                reward.RewardModel = model_class
+            model = train_as(LastBlockOnly if variant == "last_block" else reward.RewardModel,
+                             clip, fit_rows, fit_images, cfg, device)
             v = model.score(val_images, [r["prompt"] for r in val_rows], logit=True).numpy()
             h = model.score(held.images, [r["prompt"] for r in held.rows], logit=True).numpy()
             seen = split(held.rows, "seen")
