@@ -94,7 +94,9 @@ class FinetuneConfig(LoopConfig):
     ema_decay: float = 0.995  # EMA of the fine-tuned weights (starts at the pretrained EMA)
     p_uncond: float = 0.1  # caption dropout on every row, as in pretraining (guidance needs it)
     guidance_scale: float = 3.0  # sampling for the evaluation (and best-of-n)
-    d_model_guidance: float = 3.0  # sampling of the model's own samples for D_model
+    # Below the evaluation's guidance: guided samples narrow each prompt, and rounds of training
+    # on them narrow it round after round (docs/results.md, sections 19 and 22).
+    d_model_guidance: float = 1.5  # guidance of the model's own samples for D_model
     num_inference_steps: int = 15  # DPM-Solver++(2M) steps
     evaluation: str = "test"  # seeds of the evaluation: test (reported) or val (to choose settings)
     eval_samples_per_prompt: int = 16  # samples per fixed evaluation prompt (88 prompts)
