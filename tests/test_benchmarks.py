@@ -70,6 +70,16 @@ def test_bench_sampler_judges_each_solver_against_the_first(smoke_run, tmp_path)
     assert 0 <= rows["dpm++2m:3"]["overall"] <= 100 and "well_formed" in rows["dpm++2m:3"]
 
 
+def test_bench_sampler_at_other_batches_draws_the_same_images(smoke_run, tmp_path):
+    ckpt = str(smoke_run / "unet" / "ckpt.pt")
+    bench_sampler.main([ckpt, "--samplers", "dpm++2m:3:64,dpm++2m:3:16,dpm++2m:3", "--per_prompt",
+                        "1", "--channels_last", "--out", str(tmp_path / "s.json")])
+    rows = json.loads((tmp_path / "s.json").read_text())["results"][ckpt]
+    assert list(rows) == ["dpm++2m:3:64", "dpm++2m:3:16", "dpm++2m:3"]
+    assert all(r["images_as_reference"] and r["verdicts_as_reference"] == 1.0
+               for r in rows.values())
+
+
 def test_stage3_seeds_launches_arms_and_writes_what_the_table_prints(smoke_run, tmp_path, capsys):
     """Two arms at smoke size, as separate processes after one shared preparation, then the
     table of their evaluations and its JSON (benchmarks/results/stage3_seeds.json's format)."""

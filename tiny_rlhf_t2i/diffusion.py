@@ -95,12 +95,15 @@ def per_sample_noise(generators, shape) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(model, prompts: list[str], sample_seeds: list[int], num_inference_steps: int = 15,
-           guidance_scale: float = 3.0, eta: float = 0.0, batch_size: int = 256,
+           guidance_scale: float = 3.0, eta: float = 0.0, batch_size: int | None = None,
            solver: str = "dpm++2m"):
     """Text -> images in [-1, 1], (B, 3, H, W). solver "dpm++2m" (every stage's sampler):
     DPM-Solver++(2M) (`Scheduler.step_2m`), second order: fewer steps than DDIM; "ddim": eta=0 is
     DDIM, eta=1 with num_inference_steps=1000 is DDPM. Same (prompt, seed) -> same image,
-    whatever the batch."""
+    whatever the batch (to the last bit but in a batch of a few images, where the CPU's kernels
+    round differently). batch_size None: 64 on a CPU (with guidance, 128 rows a pass: their
+    activations stay in the cores' caches, which larger batches overflow; benchmarks/README.md),
+    128 on a GPU."""
     if len(prompts) != len(sample_seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(sample_seeds)} seeds")
     if solver not in ("ddim", "dpm++2m"):
@@ -109,6 +112,7 @@ def sample(model, prompts: list[str], sample_seeds: list[int], num_inference_ste
         raise ValueError("eta > 0 (stochastic sampling) needs solver='ddim'")
     model.eval()
     device = next(model.parameters()).device
+    batch_size = batch_size or (64 if device.type == "cpu" else 128)
     res = model.cfg.resolution
     scheduler = Scheduler()
     scheduler.set_timesteps(num_inference_steps)

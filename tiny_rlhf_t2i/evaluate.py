@@ -45,12 +45,12 @@ def eval_records(samples_per_prompt: int, val: bool = False) -> list[dict]:
             for k in range(samples_per_prompt)]
 
 
-def generate(model, records: list[dict], num_inference_steps: int, guidance_scale: float,
-             batch_size: int = 128) -> np.ndarray:
+def generate(model, records: list[dict], num_inference_steps: int,
+             guidance_scale: float) -> np.ndarray:
     """Sample one image per record: (N, H, W, 3) uint8."""
     return to_uint8(sample(model, [r["prompt"] for r in records], [r["seed"] for r in records],
                            num_inference_steps=num_inference_steps,
-                           guidance_scale=guidance_scale, batch_size=batch_size))
+                           guidance_scale=guidance_scale))
 
 
 def alignment(goods: list[bool], records: list[dict]) -> dict:
