@@ -104,6 +104,9 @@ CASES = [
      "settings it was made with, or delete"),
     (train_unet, [*U, "--heads", "2", "--resume", "true", "--out_dir", "{bad}/unet_16"],
      "ckpt.pt was made with other model settings (--heads 4, not 2)"),  # the same shapes
+    # a checkpoint from before --prediction existed predicts epsilon
+    (train_unet, [*U, "--prediction", "v", "--resume", "true", "--out_dir", "{bad}/unet_old"],
+     "ckpt.pt was made with other model settings (--prediction epsilon, not v)"),
     (train_reward, [*U, "--unet_dir", "{tmp}/nowhere", "--out_dir", "{tmp}/r", "--feedback_dir",
                     "{tmp}/fb"], "ckpt.pt does not exist; run `python train_unet.py"),
     (train_reward, [*U, "--unet_dir", "{bad}/reward_as_unet", "--out_dir", "{tmp}/r",
@@ -165,6 +168,10 @@ def bad_files(smoke_run, tmp_path_factory):
     state["model_config"]["channels"] = 32  # the weights are of --channels 16
     torch.save(state, bad / "resized.pt")
     shutil.copytree(smoke_run / "unet", bad / "unet_16")  # a stage-0 run (smoke: --channels 16)
+    shutil.copytree(smoke_run / "unet", bad / "unet_old")
+    state = torch.load(smoke_run / "unet" / "ckpt.pt", weights_only=True)
+    del state["model_config"]["prediction"]  # as written before the field existed
+    torch.save(state, bad / "unet_old" / "ckpt.pt")
     (bad / "a_file").write_text("")
     for name, edit in (("fb_true", "true"), ("fb_unknown", "unknown"), ("fb_json", "json"),
                        ("fb_missing_image", "image"), ("fb_extra", "extra"),

@@ -1,5 +1,6 @@
 """Every benchmark script runs at smoke size (a benchmark that no test runs breaks silently)."""
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import reward_last_block  # noqa: E402
 import reward_seeds  # noqa: E402
 import round_selection  # noqa: E402
 import split_sampling  # noqa: E402
+import stage0_recipes  # noqa: E402
 import stage3_seeds  # noqa: E402
 import strict_labels  # noqa: E402
 import win_loss_breakdown  # noqa: E402
@@ -68,6 +70,26 @@ def test_bench_sampler_judges_each_solver_against_the_first(smoke_run, tmp_path)
     assert list(rows) == ["ddim:4", "dpm++2m:3"]
     assert rows["ddim:4"]["verdicts_as_reference"] == 1.0  # the reference agrees with itself
     assert 0 <= rows["dpm++2m:3"]["overall"] <= 100 and "well_formed" in rows["dpm++2m:3"]
+
+
+def test_stage0_recipes_spread_by_hand():
+    assert stage0_recipes.spread(["a", "b"], ("a", "b")) == pytest.approx(1.0)
+    assert stage0_recipes.spread(["a", "a", None], ("a", "b")) == 0.0  # unread values left out
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)) / math.log(2)
+    assert stage0_recipes.spread(["a", "a", "a", "b"], ("a", "b")) == pytest.approx(h)
+
+
+def test_stage0_recipes_measures_each_checkpoint_and_the_clean_renders(smoke_run, tmp_path):
+    ckpt = str(smoke_run / "unet" / "ckpt.pt")
+    stage0_recipes.main([ckpt, "--per_prompt", "1", "--steps", "3", "--fd_dir",
+                         str(smoke_run / "fd"), "--fd_net_steps", "30",
+                         "--out", str(tmp_path / "r.json")])
+    out = json.loads((tmp_path / "r.json").read_text())
+    assert out["seeds"] == "validation"
+    clean, row = out["results"]["clean renders"], out["results"][ckpt]
+    assert 0 < clean["background_spread"] <= 1 and 0 < clean["color_spread"] <= 1
+    assert row["steps"] == 30 and row["prediction"] == "epsilon" and row["min_snr_gamma"] == 0
+    assert 0 <= row["overall"] <= 100 and row["fd"] > 0 and 0 <= row["background_spread"] <= 1
 
 
 def test_bench_sampler_at_other_batches_draws_the_same_images(smoke_run, tmp_path):

@@ -1,4 +1,5 @@
 """Diffusion: closed forms, samplers on a Gaussian world, guidance, learning, checkpoints."""
+import dataclasses
 import math
 
 import pytest
@@ -106,6 +107,33 @@ def test_guidance_scale_one_is_the_conditional_prediction_and_w_extrapolates():
         assert torch.allclose(guided_eps(model, x, t, ids, null, 3.0),
                               uncond + 3.0 * (cond - uncond), atol=1e-5)
         assert not torch.allclose(cond, uncond)
+
+
+def test_a_v_network_returns_the_epsilon_of_its_v():
+    # eps = sqrt(abar) v + sqrt(1 - abar) x_t: with the true v of (x_0, eps) it is eps exactly
+    torch.manual_seed(0)
+    model = TextToImage(dataclasses.replace(TINY, prediction="v"))
+    s = Scheduler()
+    x0, eps = torch.rand(4, 3, 16, 16) * 2 - 1, torch.randn(4, 3, 16, 16)
+    t = torch.tensor([0, 300, 650, 999])
+    abar = s.alphas_cumprod[t].view(-1, 1, 1, 1)
+    v = abar.sqrt() * eps - (1 - abar).sqrt() * x0  # (4, 3, 16, 16)
+    model.conv_out.forward = lambda h: v  # the network's output, whatever its input
+    out = model(s.add_noise(x0, eps, t), t, encode(["a red circle"] * 4))
+    torch.testing.assert_close(out, eps, atol=1e-5, rtol=1e-5)
+    assert "abar" not in model.state_dict()  # the schedule is fixed: checkpoints stay as they were
+
+
+def test_an_epsilon_network_is_unchanged_and_a_v_network_starts_at_the_skip():
+    # conv_out starts at zero: an epsilon network predicts 0, a v network sqrt(1 - abar) x_t
+    torch.manual_seed(0)
+    x, t, ids = torch.randn(2, 3, 16, 16), torch.tensor([10, 990]), encode(["two squares"] * 2)
+    abar = Scheduler().alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert TextToImage(TINY)(x, t, ids).abs().max() == 0
+    torch.testing.assert_close(TextToImage(dataclasses.replace(TINY, prediction="v"))(x, t, ids),
+                               (1 - abar).sqrt() * x)
+    with pytest.raises(UserError, match="--prediction must be epsilon or v"):
+        ModelConfig(prediction="x0")
 
 
 def test_small_model_overfits_one_batch():

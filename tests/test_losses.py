@@ -8,8 +8,10 @@ import torch.nn.functional as F
 
 from tiny_rlhf_t2i.evaluate import alignment, pairwise_accuracy, proportion_ci, win_rate
 from tiny_rlhf_t2i.fidelity import frechet_distance
-from tiny_rlhf_t2i.losses import (balance_groups, eq2_weights, finetune_loss,
-                                  prompt_classification_loss, reward_loss)
+from tiny_rlhf_t2i.diffusion import Scheduler
+from tiny_rlhf_t2i.losses import (balance_groups, eq2_weights, finetune_loss, min_snr_weights,
+                                  prompt_classification_loss, reward_loss, weighted_mse)
+from tiny_rlhf_t2i.train_loop import Batch, step_loss
 
 
 def test_prompt_classification_loss_by_hand():
@@ -64,6 +66,28 @@ def test_pretraining_half_contributes_when_beta_positive():
 def test_reward_weights_are_never_negative():
     assert eq2_weights(torch.tensor([-0.3, 0.7]), n_pre=1, beta=1.0).tolist() == [0.0,
                                                                                    pytest.approx(0.7), 1.0]
+
+
+def test_min_snr_weights_by_hand_and_in_the_step_loss():
+    # SNR 0.25 / 0.75 = 1/3 <= gamma: weight 1; SNR 0.9 / 0.1 = 9 > gamma 5: weight 5/9
+    w = min_snr_weights(torch.tensor([0.25, 0.9]), gamma=5.0)
+    torch.testing.assert_close(w, torch.tensor([1.0, 5 / 9]))
+    # with floor 1 an x_0 weight below 1 is lifted to 1: SNR 1/3 -> 1 / (1/3); SNR 2 stays 1
+    w = min_snr_weights(torch.tensor([0.25, 2 / 3, 0.9]), gamma=5.0, floor=1.0)
+    torch.testing.assert_close(w, torch.tensor([3.0, 1.0, 5 / 9]))
+    torch.manual_seed(0)
+    model = lambda x, t, ids: 0.5 * x  # noqa: E731  (any denoiser: the weighting is outside it)
+    x0, ids = torch.rand(6, 3, 4, 4) * 2 - 1, torch.zeros(6, 4, dtype=torch.long)
+    s = Scheduler()
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731  (the same t and noise twice)
+    g = gen()
+    t, noise = torch.randint(0, 1000, (6,), generator=g), torch.randn(x0.shape, generator=g)
+    expected = weighted_mse(0.5 * s.add_noise(x0, noise, t), noise,
+                            min_snr_weights(s.alphas_cumprod[t], 5.0))
+    weighted = Batch(x0, ids, torch.ones(6), min_snr_gamma=5.0)
+    torch.testing.assert_close(step_loss(model, s, weighted, gen(), weighted_mse), expected)
+    plain = step_loss(model, s, Batch(x0, ids, torch.ones(6)), gen(), weighted_mse)
+    assert plain > expected  # some of the six timesteps have SNR > 5 and weigh less
 
 
 def test_balance_groups_by_hand():

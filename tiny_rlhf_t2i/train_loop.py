@@ -22,8 +22,9 @@ from . import distributed, seeds
 from .config import ConfigError, UserError, check_range
 from .diffusion import EMA, Scheduler
 from .files import load_checkpoint, load_weights, save_checkpoint
-from .losses import anchor_loss, finetune_loss, weighted_mse
+from .losses import anchor_loss, finetune_loss, min_snr_weights, weighted_mse
 from .text import NULL_IDS
+from .unet import ModelConfig
 
 
 @dataclasses.dataclass
@@ -71,6 +72,8 @@ class Batch:
     n_model: int = 0  # how many leading rows come from D_model
     model_t_min: int = 0  # D_model rows are noised at timesteps in [model_t_min, T) only
     beta_below_cut: float | None = None  # D_pre rows' weight at t < model_t_min (None: as given)
+    min_snr_gamma: float = 0.0  # every row's weight times losses.min_snr_weights (0: off)
+    snr_floor: float = 0.0  # losses.min_snr_weights' floor (0: none)
 
     def rows(self, rank: int, world: int) -> torch.Tensor:
         """The rows process `rank` of `world` trains on: its share of the D_model rows and its
@@ -140,6 +143,9 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
     if batch.beta_below_cut is not None and batch.model_t_min and n_model:
         weights = weights.clone()  # (B,)
         weights[n_model:][t[n_model:] < batch.model_t_min] = batch.beta_below_cut
+    if batch.min_snr_gamma:
+        weights = weights * min_snr_weights(scheduler.alphas_cumprod[t], batch.min_snr_gamma,
+                                            batch.snr_floor)
     rank, world = distributed.rank_world()
     if world > 1:  # this process's share of the rows
         rows = batch.rows(rank, world)
@@ -178,6 +184,8 @@ def train(model, cfg: LoopConfig, make_batch: Callable[[int], Batch], ckpt_path,
         fix = (f"resume with the settings it was made with, or delete {ckpt_path.parent} or "
                f"choose another --out_dir to start afresh")
         made, now = state.get("model_config"), carry.get("model_config")
+        if made:  # a field newer than the checkpoint has its default there
+            made = dataclasses.asdict(ModelConfig(**made))
         if made and now and made != now:  # also a change that keeps every shape (--heads)
             changed = ", ".join(f"--{k} {made.get(k)}, not {now.get(k)}"
                                 for k in {**made, **now} if made.get(k) != now.get(k))

@@ -1,6 +1,8 @@
 """The text-to-image denoiser: a small conditional UNet plus its text encoder, in one module.
 
-`TextToImage(x_t, t, ids)` predicts the noise epsilon in x_t (prediction_type "epsilon").
+`TextToImage(x_t, t, ids)` predicts the noise epsilon in x_t. The network itself outputs epsilon
+(`prediction` "epsilon") or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022), which
+forward turns into epsilon, so every sampler and loss sees the same kind of prediction.
 Residual blocks with GroupNorm see the time embedding (sinusoidal, plus the pooled text);
 cross-attention to the text's token states sits at the low resolutions, where a query pixel
 covers a whole object, as in Stable Diffusion's UNet.
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .config import UserError, require
+from .diffusion import Scheduler
 from .text import Attention, TextEncoder
 from .world import RESOLUTIONS
 
@@ -28,8 +31,11 @@ class ModelConfig:
     text_dim: int = 64  # text-encoder width
     text_layers: int = 2  # text-encoder transformer blocks
     heads: int = 4  # attention heads (text encoder and cross-attention)
+    prediction: str = "epsilon"  # what the network outputs: epsilon, or v (returned as epsilon)
 
     def __post_init__(self):
+        require(self.prediction in ("epsilon", "v"), f"--prediction must be epsilon or v, not "
+                f"{self.prediction!r}")
         levels = len(self.channel_mults.split(","))
         require(self.resolution in RESOLUTIONS, f"--resolution must be one of {RESOLUTIONS}, "
                 f"not {self.resolution}")
@@ -118,10 +124,14 @@ class TextToImage(nn.Module):
         self.norm_out, self.conv_out = nn.GroupNorm(8, c_prev), nn.Conv2d(c_prev, 3, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)  # start as "predict zero noise": stable first steps
         nn.init.zeros_(self.conv_out.bias)
+        # abar_t, for the v -> epsilon conversion; not saved (the schedule is fixed)
+        self.register_buffer("abar", Scheduler().alphas_cumprod, persistent=False)  # (T,)
 
     def forward(self, x, t, ids):
         """x: (B, 3, H, W) noisy images, t: (B,) timesteps, ids: (B, L) token ids
-        -> predicted noise eps (B, 3, H, W)."""
+        -> predicted noise eps (B, 3, H, W). With prediction "v" the network's output v gives
+        eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t: at high noise, where eps is nearly x_t
+        itself, the skip term carries x_t and the network only predicts the image's part."""
         text, text_mask, pooled = self.text(ids)  # (B, L, D), (B, L), (B, D)
         temb = self.t_mlp(timestep_embedding(t, self.cfg.channels)) + self.text_to_t(pooled)
         h = self.conv_in(x)
@@ -136,7 +146,11 @@ class TextToImage(nn.Module):
             if i > 0:
                 h = F.interpolate(h, scale_factor=2, mode="nearest")
             h = level(torch.cat([h, skips.pop()], dim=1), temb, text, text_mask)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
+        if self.cfg.prediction == "epsilon":
+            return out
+        abar = self.abar[t].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        return abar.sqrt() * out + (1 - abar).sqrt() * x
 
 
 class PretrainedBelowCut(nn.Module):
