@@ -42,7 +42,6 @@ class TrainConfig(ModelConfig, CaptionNoise, LoopConfig):
     ema_decay: float = 0.999  # EMA of the weights; the EMA model is the one that samples
     p_uncond: float = 0.1  # caption dropped (null caption) for classifier-free guidance
     min_snr_gamma: float = 0.0  # min-SNR-gamma loss weighting (losses.min_snr_weights; 0: off)
-    snr_floor: float = 0.0  # with min-SNR: x_0 weight at least this at high noise (v only; 0: off)
     corpus_size: int = 500_000  # examples in the fixed web corpus (example i is always the same)
     corpus_seed: int = 0  # which web corpus
     guidance_scale: float = 3.0  # classifier-free guidance scale when sampling
@@ -59,9 +58,6 @@ class TrainConfig(ModelConfig, CaptionNoise, LoopConfig):
         check_range(self, "p_uncond", 0, 1, open_hi=True)
         check_range(self, "corpus_size eval_samples_per_prompt num_inference_steps", 1)
         check_range(self, "guidance_scale threads min_snr_gamma", 0)
-        check_range(self, "snr_floor", 0, self.min_snr_gamma)
-        require(not self.snr_floor or self.prediction == "v", "--snr_floor weighs the "
-                "high-noise steps by up to 1 / SNR: only for --prediction v")
 
 
 PRESETS = {
@@ -90,8 +86,7 @@ def pretrain(cfg: TrainConfig):
         rng = seeds.pretrain_batch(cfg.seed, step)
         x0, ids = corpus.batch(rng, cfg.batch_size)  # (B, 3, H, W) on the device, (B, L)
         drop_captions(ids, rng, cfg.p_uncond)
-        return Batch(x0, ids, torch.ones(cfg.batch_size), min_snr_gamma=cfg.min_snr_gamma,
-                     snr_floor=cfg.snr_floor)
+        return Batch(x0, ids, torch.ones(cfg.batch_size), min_snr_gamma=cfg.min_snr_gamma)
 
     carry = {"model_config": dataclasses.asdict(model_config(cfg)), "config": pre}
     return train(model, cfg, make_batch, out / "ckpt.pt", "pretrain", carry)

@@ -41,19 +41,15 @@ def weighted_mse(eps_hat: torch.Tensor, eps: torch.Tensor, w: torch.Tensor) -> t
     return (w.float() * per_sample).sum() / eps_hat.shape[0]  # ()
 
 
-def min_snr_weights(abar: torch.Tensor, gamma: float, floor: float = 0.0) -> torch.Tensor:
+def min_snr_weights(abar: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma loss weighting (Hang et al. 2023, Eq. 13), as a weight on the epsilon loss.
     abar: (B,) -> (B,). Every denoising loss is a weighted x_0 loss: eps-MSE = SNR_t x_0-MSE
     with SNR_t = abar_t / (1 - abar_t). Min-SNR weighs the x_0 loss by min(SNR_t, gamma): the
     low-noise steps (large SNR), whose gradients fight the high-noise steps', weigh less, and on
     the epsilon loss that is min(SNR_t, gamma) / SNR_t. The v loss weighted by
-    min(SNR_t, gamma) / (SNR_t + 1), the paper's v form, is this same loss.
-    floor > 0 also lifts the high-noise steps to an x_0 weight of at least `floor` (Salimans &
-    Ho 2022's truncated SNR, max(SNR_t, 1)): weight clamp(SNR_t, floor, gamma) / SNR_t, which
-    grows as 1 / SNR_t at high noise, so only for a v network, whose eps error there is
-    sqrt(abar_t) times its v error."""
+    min(SNR_t, gamma) / (SNR_t + 1), the paper's v form, is this same loss."""
     snr = abar / (1 - abar)
-    return snr.clamp(min=floor, max=gamma) / snr
+    return snr.clamp(max=gamma) / snr
 
 
 def eq2_weights(rewards: torch.Tensor, n_pre: int, beta: float) -> torch.Tensor:

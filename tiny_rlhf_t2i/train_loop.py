@@ -73,7 +73,6 @@ class Batch:
     model_t_min: int = 0  # D_model rows are noised at timesteps in [model_t_min, T) only
     beta_below_cut: float | None = None  # D_pre rows' weight at t < model_t_min (None: as given)
     min_snr_gamma: float = 0.0  # every row's weight times losses.min_snr_weights (0: off)
-    snr_floor: float = 0.0  # losses.min_snr_weights' floor (0: none)
 
     def rows(self, rank: int, world: int) -> torch.Tensor:
         """The rows process `rank` of `world` trains on: its share of the D_model rows and its
@@ -144,8 +143,7 @@ def step_loss(model, scheduler: Scheduler, batch: Batch, gen: torch.Generator, m
         weights = weights.clone()  # (B,)
         weights[n_model:][t[n_model:] < batch.model_t_min] = batch.beta_below_cut
     if batch.min_snr_gamma:
-        weights = weights * min_snr_weights(scheduler.alphas_cumprod[t], batch.min_snr_gamma,
-                                            batch.snr_floor)
+        weights = weights * min_snr_weights(scheduler.alphas_cumprod[t], batch.min_snr_gamma)
     rank, world = distributed.rank_world()
     if world > 1:  # this process's share of the rows
         rows = batch.rows(rank, world)
