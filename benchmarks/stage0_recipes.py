@@ -2,7 +2,7 @@
 prompt leaves free, on the validation seeds.
 
     python benchmarks/stage0_recipes.py runs/unet/ckpt.pt runs/unet_v5000/ckpt.pt \\
-        --out benchmarks/results/cpu_stage0_vpred.json
+        --out benchmarks/results/cpu_stage0_vpred_val.json
 
 Every checkpoint samples the 88 evaluation prompts on the validation seeds (`--per_prompt` each,
 never the reported seeds) as stage 3 samples them (DPM-Solver++(2M), the defaults' steps and
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from bench_sampler import GROUPS  # noqa: E402
 from stage3_seeds import machine  # noqa: E402
 from tiny_rlhf_t2i.evaluate import eval_records, generate, score  # noqa: E402
 from tiny_rlhf_t2i.fidelity import (clean_references, diversity, feature_net, features,  # noqa: E402
@@ -31,9 +32,6 @@ from tiny_rlhf_t2i.fidelity import (clean_references, diversity, feature_net, fe
 from tiny_rlhf_t2i.judge import analyze  # noqa: E402
 from tiny_rlhf_t2i.unet import load_model  # noqa: E402
 from tiny_rlhf_t2i.world import BACKGROUNDS, COLORS, parse  # noqa: E402
-
-GROUPS = ("overall", "count", "color", "background", "combination", "seen", "unseen")
-
 
 def spread(values: list, choices) -> float:
     """Normalized entropy of `values` over `choices`, in [0, 1]: 1 when every choice is equally
@@ -43,10 +41,10 @@ def spread(values: list, choices) -> float:
     return float(-(p * np.log(p)).sum() / np.log(len(choices)))
 
 
-def free_attributes(images: np.ndarray, records: list[dict]) -> dict:
-    """How evenly the images spread over the background and colour their prompts leave free."""
+def free_attributes(analyses: list[dict], records: list[dict]) -> dict:
+    """How evenly images (their judge.analyze) spread over the background and colour their
+    prompts leave free."""
     specs = [parse(r["prompt"]) for r in records]
-    analyses = [analyze(im) for im in images]
     bgs = [a["background"] for a, s in zip(analyses, specs) if s.background is None]
     colors = [a["shapes"][0][0] if a["shapes"] else None
               for a, s in zip(analyses, specs) if s.color is None]
@@ -55,13 +53,14 @@ def free_attributes(images: np.ndarray, records: list[dict]) -> dict:
 
 
 def measure(images: np.ndarray, records: list[dict], fnet, ref_feats) -> dict:
-    metrics = score(images, records)[0]
+    analyses = [analyze(im) for im in images]  # once, for the verdicts and the spreads
+    metrics = score(images, records, analyses)[0]
     feats = features(fnet, images)
     return {**{g: round(100 * metrics["alignment"][g]["mean"], 1) for g in GROUPS},
             "well_formed": round(100 * metrics["well_formed"]["mean"], 1),
             "fd": round(frechet_distance(feats, ref_feats), 1),
             "diversity": round(diversity(feats, records), 2),
-            **free_attributes(images, records)}
+            **free_attributes(analyses, records)}
 
 
 def main(argv=None):
@@ -81,7 +80,7 @@ def main(argv=None):
     fnet = feature_net(resolution, cache_dir=args.fd_dir, steps=args.fd_net_steps)
     clean = clean_references(records, resolution)
     ref_feats = features(fnet, clean)
-    results = {"clean renders": {**free_attributes(clean, records),
+    results = {"clean renders": {**free_attributes([analyze(im) for im in clean], records),
                                  "diversity": round(diversity(ref_feats, records), 2)}}
     for ckpt in args.ckpts:
         model, pre = load_model(ckpt)
