@@ -29,8 +29,10 @@
    and no evaluation prompt takes part in the choice. The control keeps its last round: it is
    the same-compute reference, and the reward has nothing to choose among its rounds; so does
    a one-round run (the paper's).
-6. Evaluate every round of every run on the same prompts, seeds and sampler noise with the gold
-   judge (report.py writes the tables, grids and plots; the kept round is each run's result).
+6. Evaluate the round each run keeps (its result) on the same prompts, seeds and sampler noise
+   as the pretrained model, with the gold judge; report.py writes the tables, grids and plots,
+   the round-by-round curve from the held-out signal. --eval_every_round evaluates every round
+   (the curve on the evaluation prompts too; the kept round's numbers are the same).
    --evaluation val draws other seeds of the same prompts: choose settings there, report on
    the default (test) seeds.
 
@@ -101,6 +103,7 @@ class FinetuneConfig(LoopConfig):
     evaluation: str = "test"  # seeds of the evaluation: test (reported) or val (to choose settings)
     eval_samples_per_prompt: int = 16  # samples per fixed evaluation prompt (88 prompts)
     heldout_samples_per_prompt: int = 4  # per held-out prompt (240), to choose the kept round
+    eval_every_round: bool = False  # evaluate every round, not only the kept one (the tables')
     keep_tolerance: float = 0.015  # held-out well-formed a kept round may lose (0 to 1)
     best_of_n: int = 1  # best-of-n baseline: keep the best of n pretrained samples (1: off)
     fd_net_steps: int = 600  # training steps of the FD feature network (cached in runs/fd)
@@ -307,21 +310,22 @@ class Clock:
 class RunResult:
     """A run's rounds as rank 0 measured them, and the round it keeps (0: the pretrained model)."""
     model: torch.nn.Module  # the kept round's EMA model (as sampled: PretrainedBelowCut or not)
-    evals: list  # (metrics, goods, images) of round 1, 2, ...
+    evals: dict  # {round: (metrics, goods, images)}: the kept round (>= 1), or every round
     kept: int  # evaluate.pick_round on `heldout`; the last for the control, one round, no signal
     heldout: list  # the held-out signal of round 0 (pretrained), 1, 2, ... (or None)
 
 
 def run_rounds(name: str, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, device, mse,
                evaluator: Evaluator | None, pre_signal: dict | None, clock: Clock):
-    """The rounds of run `name` (one round: the paper's method), each evaluated by rank 0 and
-    measured on the held-out prompts. Round k lives in out_dir/name/round{k}: its samples,
-    labels, reward, checkpoint, evaluation and held-out signal. --stop_after counts the run's
+    """The rounds of run `name` (one round: the paper's method), each measured on the held-out
+    prompts by rank 0, which then evaluates the round the run keeps (every round with
+    --eval_every_round). Round k lives in out_dir/name/round{k}: its samples, labels, reward,
+    checkpoint, held-out signal and (if evaluated) evaluation. --stop_after counts the run's
     steps over all rounds. Returns its RunResult, or None if --stop_after stopped it."""
     run = RUNS[name]
     cfg = run.config(cfg)
     per_round = cfg.steps // cfg.rounds
-    model, reward, labels, evals = inputs.pretrained, inputs.reward, [inputs.stage1], []
+    model, reward, labels, evals = inputs.pretrained, inputs.reward, [inputs.stage1], {}
     sampler = model  # what draws the images: the model, or PretrainedBelowCut around it
     # The control is the same-compute reference of every round; the learned reward, which it
     # neither trains on nor moves, has nothing to choose among its rounds. A one-round run (the
@@ -354,15 +358,25 @@ def run_rounds(name: str, inputs: Inputs, d_model: DModel, cfg: FinetuneConfig, 
         sampler = (PretrainedBelowCut(model, inputs.pretrained, cfg.pretrained_below)
                    if cfg.pretrained_below else model)
         if evaluator is not None:
-            evals.append(evaluator.model(sampler, f"{name}/round{k}", folder / "eval.json",
-                                         reuse=cfg.resume))
+            if cfg.eval_every_round:
+                evals[k] = evaluate_round(evaluator, sampler, name, k, cfg)
             signals.append(evaluator.heldout(sampler, f"{name}/round{k}",
                                              folder / "heldout.json", reuse=cfg.resume)
                            if chooses else None)
             clock.lap("evaluation")
         models.append(sampler)
     kept = cfg.rounds if None in signals else pick_round(signals, cfg.keep_tolerance)
+    if evaluator is not None and kept and kept not in evals:  # round 0: the pretrained model's
+        evals[kept] = evaluate_round(evaluator, models[kept], name, kept, cfg)
+        clock.lap("evaluation")
     return RunResult(models[kept], evals, kept, signals)
+
+
+def evaluate_round(evaluator: Evaluator, sampler, name: str, k: int, cfg: FinetuneConfig):
+    """Round k of run `name` on the evaluation records: (metrics, goods, images), saved to its
+    round folder (read back on resume)."""
+    return evaluator.model(sampler, f"{name}/round{k}",
+                           Path(cfg.out_dir) / name / f"round{k}" / "eval.json", reuse=cfg.resume)
 
 
 def best_of_n(pretrained, reward, records: list[dict], first: np.ndarray,
@@ -409,7 +423,7 @@ def main(argv=None):
                                        out / "pretrained_heldout.json", reuse=cfg.resume)
         clock.lap("evaluation")
 
-    # ---- Round 1's D_model, then every run's rounds of Eq. 2, each round evaluated.
+    # ---- Round 1's D_model, then every run's rounds of Eq. 2 and the evaluation of the kept one.
     d_model = round1_d_model(cfg, inputs, device)
     clock.lap("D_model samples, labels, rewards")
     runs = {name: (RUNS[name], RUNS[name].config(cfg)) for name in cfg.runs.split(",")}

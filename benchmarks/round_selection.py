@@ -3,14 +3,14 @@
     python benchmarks/round_selection.py feedback=runs/finetune/feedback \\
         control=runs/finetune/control --out benchmarks/results/cpu_round_selection.json
 
-For every run folder given (NAME=FOLDER, holding round1/, round2/, ... each with ckpt.pt and
-the evaluation's eval.json, and FOLDER/../pretrained_eval.json), samples every round's model
-and the pretrained model on the held-out prompts (evaluate.heldout_records: prompts the
-evaluation does not hold) and prints the signal a round is chosen by (the learned reward's mean,
-the well-formed rate) beside what the evaluation measured of the same round, then the round
-`evaluate.pick_round` keeps (a run named *control keeps its last, as in finetune.py). Each
-checkpoint's signal is cached in --out, so a run given again (or grown by a round) samples only
-what is new.
+For every run folder given (NAME=FOLDER, holding round1/, round2/, ... each with ckpt.pt and,
+if evaluated, the evaluation's eval.json, and FOLDER/../pretrained_eval.json), samples every
+round's model and the pretrained model on the held-out prompts (evaluate.heldout_records:
+prompts the evaluation does not hold) and prints the signal a round is chosen by (the learned
+reward's mean, the well-formed rate) beside what the evaluation measured of the same round,
+then the round `evaluate.pick_round` keeps (a run named *control keeps its last, as in
+finetune.py). Each checkpoint's signal is cached in --out, so a run given again (or grown by a
+round) samples only what is new.
 """
 import argparse
 import json
@@ -28,7 +28,10 @@ from tiny_rlhf_t2i.unet import load_model  # noqa: E402
 SHOWN = ("overall", "count", "seen", "unseen")  # evaluation groups printed beside the signal
 
 
-def evaluation(path: Path) -> dict:
+def evaluation(path: Path) -> dict | None:
+    """What the evaluation measured of a round (None: the round was not evaluated)."""
+    if not path.exists():
+        return None
     m = json.loads(path.read_text())["metrics"]
     return {**{g: m["alignment"][g]["mean"] for g in SHOWN},
             "well_formed": m["well_formed"]["mean"]}
@@ -83,7 +86,8 @@ def main(argv=None):
             print(f"| {k}{' (kept)' if k == kept else ''} | {s['reward']:.3f} | "
                   f"{100 * s['well_formed']:.1f} | {100 * s['well_formed_lone']:.1f} | "
                   f"{s['fd']:.1f} | {s['diversity']:.2f} | {100 * s['alignment_not_used']:.1f} | "
-                  + " | ".join(f"{100 * e[g]:.1f}" for g in (*SHOWN, "well_formed")) + " |")
+                  + " | ".join("-" if e is None else f"{100 * e[g]:.1f}"
+                               for g in (*SHOWN, "well_formed")) + " |")
     if args.out:
         args.out.write_text(json.dumps({
             "command": "python benchmarks/round_selection.py " + " ".join(argv or sys.argv[1:]),

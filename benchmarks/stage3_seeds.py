@@ -10,15 +10,16 @@ once with one CPU thread each; the arms of a seed share its round-1 samples, FD 
 pretrained evaluation, and run at the committed defaults plus the arguments after `--` (e.g.
 --device cuda, or --evaluation val to choose settings on the validation seeds).
 
-`table` reads every arm's per-round evaluations (ARM/<run>/round<k>/eval.json) and prints, per
-seed and as mean [min, max] over seeds, each arm's alignment, well-formed and FD (and the strict
-judge's alignment and well-formed, where the evaluations hold them) at the round it keeps
-(finetune.py's held-out choice, ARM/metrics.json; round 0 is the pretrained model) against
-the pretrained model and against the control of the same seed, the win / loss rates from the
-same per-image verdicts, the over-optimization curve (every round) and the count per number.
-With --out it writes the same numbers as JSON: for each seed, arm and round the groups'
-alignment, well-formed, FD, mean reward, wins and losses, the count per number, with the commit
-and the machine. It works on the arms that finished (an arm stopped early shows its last round).
+`table` reads every arm's evaluations (ARM/<run>/round<k>/eval.json: the kept round's, or every
+round's with --eval_every_round) and prints, per seed and as mean [min, max] over seeds, each
+arm's alignment, well-formed and FD (and the strict judge's alignment and well-formed, where the
+evaluations hold them) at the round it keeps (finetune.py's held-out choice, ARM/metrics.json;
+round 0 is the pretrained model) against the pretrained model and against the control of the
+same seed, the win / loss rates from the same per-image verdicts, the over-optimization curve
+(the rounds evaluated) and the count per number. With --out it writes the same numbers as JSON:
+for each seed, arm and round the groups' alignment, well-formed, FD, mean reward, wins and
+losses, the count per number (null for a round not evaluated), with the commit and the machine.
+It works on the arms that finished (an arm stopped early shows its last evaluated round).
 """
 import argparse
 import json
@@ -84,17 +85,19 @@ def launch(root: Path, seeds: list[int], extra: list[str], labeled: Path, fd: Pa
 
 
 def read_arm(ft: Path) -> dict | None:
-    """The arm's pretrained evaluation, its run's evaluations (one per finished round) and the
-    round it keeps (the last one for an arm that has not finished or chose none)."""
+    """The arm's pretrained evaluation, its run's evaluations (rounds[k - 1]: round k's, None if
+    it was not evaluated) and the round it keeps (the last evaluated one for an arm that has
+    not finished)."""
     pre = ft / "pretrained_eval.json"
-    rounds = sorted((ft / ft.name).glob("round*/eval.json"), key=lambda p: int(p.parent.name[5:]))
-    if not pre.exists() or not rounds:
+    evals = {int(p.parent.name[5:]): p for p in (ft / ft.name).glob("round*/eval.json")}
+    if not pre.exists() or not evals:
         return None
     done = ft / "metrics.json"
     metrics = json.loads(done.read_text()) if done.exists() else {}
     return {"pretrained": json.loads(pre.read_text()), "finished": bool(metrics),
-            "kept": metrics.get("kept", {}).get(ft.name, len(rounds)),
-            "rounds": [json.loads(p.read_text()) for p in rounds]}
+            "kept": metrics.get("kept", {}).get(ft.name, max(evals)),
+            "rounds": [json.loads(evals[k].read_text()) if k in evals else None
+                       for k in range(1, max(evals) + 1)]}
 
 
 def order(path_or_name) -> tuple:
@@ -136,12 +139,16 @@ def table(root: Path) -> dict:
         for name, arm in arms.items():
             out = []
             for k, ev in enumerate(arm["rounds"]):
+                if ev is None:  # a round not evaluated
+                    out.append(None)
+                    continue
                 row = summarize(ev["metrics"])
                 row["wins"], row["losses"] = wins(ev["goods"], pre["goods"])
                 if "goods_strict" in ev and "goods_strict" in pre:  # evaluations since they exist
                     row["wins_strict"], row["losses_strict"] = wins(ev["goods_strict"],
                                                                     pre["goods_strict"])
-                if control is not None and name != "control" and k < len(control["rounds"]):
+                if (control is not None and name != "control" and k < len(control["rounds"])
+                        and control["rounds"][k] is not None):
                     row["wins_vs_control"], row["losses_vs_control"] = wins(
                         ev["goods"], control["rounds"][k]["goods"])
                 out.append(row)
@@ -243,15 +250,15 @@ def report(per_seed: dict) -> str:
                      + f" | {d('count', pres)} | {d('count', ctrl)} | {d('seen', pres)} | "
                      f"{d('unseen', pres)} | {d('well_formed', pres)} | {ratio} | "
                      f"{agg(w)} |")
-    lines += ["", "Over-optimization curve (first seed of each arm; round 0 = pretrained): "
-              "reward / gold alignment / well-formed / FD / shape fit per round:", ""]
+    lines += ["", "Over-optimization curve (first seed of each arm; round 0 = pretrained; - a "
+              "round not evaluated): reward / gold alignment / well-formed / FD / shape fit per "
+              "round:", ""]
     for name in names[1:]:
         s = next(s for s in per_seed if name in per_seed[s])
         curve = [per_seed[s]["pretrained"]] + per_seed[s][name]["rounds"]
         lines.append(f"- {name} ({s}): " + " -> ".join(
-            f"{p['reward']:.3f} / {p['overall']:.1f} / {p['well_formed']:.1f} / {p['fd']:.0f} / "
-            f"{p['shape_fit']:.3f}"
-            for p in curve))
+            "-" if p is None else f"{p['reward']:.3f} / {p['overall']:.1f} / "
+            f"{p['well_formed']:.1f} / {p['fd']:.0f} / {p['shape_fit']:.3f}" for p in curve))
     lines += ["", "Count per number (good / asked, summed over seeds):", ""]
     for name in names[1:]:
         total = {}

@@ -22,22 +22,28 @@ def _finetune(smoke_run, fb, out, *extra):
 
 def test_rounds_resume_inside_and_between_rounds_like_an_uninterrupted_run(smoke_run, tmp_path,
                                                                            capsys):
+    """Run a goes through uninterrupted and evaluates every round (--eval_every_round); run b is
+    interrupted three times and, as by default, evaluates only the round it keeps: the same
+    weights, held-out signals, kept round and kept round's evaluation."""
     fb = tmp_path / "feedback"
     shutil.copytree(smoke_run / "feedback" / "train", fb / "train")
     shutil.copytree(smoke_run / "fd", tmp_path / "fd")  # the FD ruler, trained once
     # the KL anchor on: its frozen model must not break resume; the held-out choice on
     anchor = ["--anchor", "1", "--heldout_samples_per_prompt", "1"]
-    _finetune(smoke_run, fb, tmp_path / "a", *anchor)  # 2 rounds of 5 steps, uninterrupted
+    _finetune(smoke_run, fb, tmp_path / "a", *anchor, "--eval_every_round", "true")  # 2 x 5 steps
     # Interrupted inside round 1 (step 3), between the rounds (step 5), inside round 2 (step 7).
     for stop in (3, 5, 7):
         _finetune(smoke_run, fb, tmp_path / "b", *anchor, "--stop_after", str(stop),
                   *(["--resume", "true"] if stop > 3 else []))
         assert "stopped by --stop_after in run feedback" in capsys.readouterr().out
-    assert (tmp_path / "b/feedback/round1/eval.json").exists()
-    assert not (tmp_path / "b/feedback/round2/eval.json").exists()
+    assert (tmp_path / "b/feedback/round1/heldout.json").exists()
+    assert not list((tmp_path / "b").rglob("round*/eval.json"))  # the kept round is not known
     _finetune(smoke_run, fb, tmp_path / "b", *anchor, "--resume", "true")
 
     a, b = tmp_path / "a" / "feedback", tmp_path / "b" / "feedback"
+    ma, mb = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("a", "b"))
+    assert ma["kept"] == mb["kept"] and ma["kept"]["feedback"] in (0, 1, 2)
+    k_kept = ma["kept"]["feedback"]
     for k in (1, 2):
         sa = torch.load(a / f"round{k}" / "ckpt.pt", weights_only=True)
         sb = torch.load(b / f"round{k}" / "ckpt.pt", weights_only=True)
@@ -45,17 +51,24 @@ def test_rounds_resume_inside_and_between_rounds_like_an_uninterrupted_run(smoke
         for key in ("model", "ema"):
             for name, value in sa[key].items():
                 assert torch.equal(value, sb[key][name]), f"round {k}: {key}.{name} differs"
-        for name in ("eval.json", "heldout.json", "loss_curve.json"):
+        for name in ("heldout.json", "loss_curve.json"):
             assert (a / f"round{k}" / name).read_text() == (b / f"round{k}" / name).read_text()
+        assert (a / f"round{k}" / "eval.json").exists()
+        assert (b / f"round{k}" / "eval.json").exists() == (k == k_kept)
+    if k_kept:  # evaluated at the end, the kept round's images and verdicts are the same
+        assert ((a / f"round{k_kept}" / "eval.json").read_text()
+                == (b / f"round{k_kept}" / "eval.json").read_text())
     ra = torch.load(a / "round2" / "reward.pt", weights_only=True)["model"]
     rb = torch.load(b / "round2" / "reward.pt", weights_only=True)["model"]
     assert all(torch.equal(v, rb[n]) for n, v in ra.items())
-    ma, mb = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("a", "b"))
-    assert ma["models"] == mb["models"] and ma["rounds"] == mb["rounds"]
-    assert ma["kept"] == mb["kept"] and ma["kept"]["feedback"] in (0, 1, 2)
-    kept = [p["kept"] for p in ma["rounds"]["feedback"]]  # one kept round, chosen by its rule
-    signals = [p["heldout"] for p in ma["rounds"]["feedback"]]
-    assert kept.index(True) == ma["kept"]["feedback"] == pick_round(signals, 0.015)
+    assert ma["models"] == mb["models"]  # every table number
+    pa, pb = ma["rounds"]["feedback"], mb["rounds"]["feedback"]
+    assert [(p["heldout"], p["kept"]) for p in pa] == [(p["heldout"], p["kept"]) for p in pb]
+    assert all(p["evaluation"] for p in pa)
+    assert [p["round"] for p in pb if p["evaluation"]] == sorted({0, k_kept})
+    kept = [p["kept"] for p in pa]  # one kept round, chosen by its rule
+    signals = [p["heldout"] for p in pa]
+    assert kept.index(True) == k_kept == pick_round(signals, 0.015)
     assert sum(kept) == 1 and all(s["n"] == 240 for s in signals)  # smoke: 1 per prompt
     assert not list(tmp_path.rglob("*.tmp"))  # no temporary file of an atomic write left
 

@@ -10,11 +10,13 @@ COLORS = ((120, 120, 120), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 
           (148, 103, 189), (140, 86, 75), (227, 119, 194))  # one per model, in order
 
 
-def round_curves(curves: dict[str, list[dict]], path, size: int = 170) -> None:
+def round_curves(curves: dict[str, list[dict]], prompts: str, path,
+                 size: int = 170) -> None:
     """The over-optimization curve: per run, after each round (x: fine-tuning steps), the mean
     reward next to what it stands for (gold alignment) and what it may cost (well-formed, FD).
     Each panel's y range fits its data. curves: {run name: [{"steps", "reward", "alignment",
-    "well_formed", "fd"}, ...]}, fractions in [0, 1]."""
+    "well_formed", "fd"}, ...]}, fractions in [0, 1]; prompts: which prompts they were
+    measured on, for the caption."""
     panels = (("reward", "mean reward r_phi", 0.05), ("alignment", "gold alignment", 0.05),
               ("well_formed", "well-formed", 0.05), ("fd", "FD (lower is better)", 25.0))
     names = list(curves)[:len(COLORS) - 1]
@@ -45,8 +47,8 @@ def round_curves(curves: dict[str, list[dict]], path, size: int = 170) -> None:
                 draw.line(points, fill=COLORS[m + 1], width=2)
             for x, y in points:
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=COLORS[m + 1])
-    draw.text((left, top + size + 16), "x: fine-tuning steps (a dot per round; 0: the "
-              "pretrained model)", fill="black", font=font)
+    draw.text((left, top + size + 16), f"x: fine-tuning steps (a dot per round; 0: the "
+              f"pretrained model), on the {prompts}", fill="black", font=font)
     for m, name in enumerate(names):
         lx = left + (m % per_line) * 110
         ly = top + size + bottom + 14 * (m // per_line)

@@ -11,11 +11,12 @@ from .files import save_grid, write_metrics
 from .plots import round_curves
 
 
-def curve_point(m: dict, heldout: dict | None) -> dict:
-    """What the over-optimization curve follows: the reward against the gold judge, and the
-    held-out signal the kept round is chosen by."""
-    return {"heldout": heldout, "reward": m["reward"],
-            "alignment": m["alignment"]["overall"]["mean"],
+def curve_point(m: dict | None) -> dict | None:
+    """What the evaluation measured of one round for the over-optimization curve: the reward
+    against the gold judge and what it may cost. None for a round not evaluated."""
+    if m is None:
+        return None
+    return {"reward": m["reward"], "alignment": m["alignment"]["overall"]["mean"],
             **{g: m["alignment"][g]["mean"] for g in ("seen", "unseen", "count")},
             "well_formed": m["well_formed"]["mean"], "fd": m["fd"],
             "shape_fit": m["shape_fit"]["mean"], "count_breakdown": m["count_breakdown"],
@@ -43,7 +44,7 @@ def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict
                 for name, c in run_cfgs.items() if weights[name] == "reward"}
     kept = {n: r.kept for n, r in results.items()}
     last = {"pretrained": before[:2], **baselines,  # name -> (metrics, goods) of its kept round
-            **{n: (before if r.kept == 0 else r.evals[r.kept - 1])[:2] for n, r in results.items()}}
+            **{n: (r.evals[r.kept] if r.kept else before)[:2] for n, r in results.items()}}
     metrics = {n: dict(m) for n, (m, _) in last.items()}  # a run kept at round 0 gets its own
     goods = {n: g for n, (_, g) in last.items()}
     for name in metrics:  # side by side with the pretrained model and the control
@@ -51,11 +52,13 @@ def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict
             metrics[name]["win_rate_vs_pretrained"] = win_rate(goods[name], goods["pretrained"])
         if name not in ("pretrained", "control") and "control" in goods:
             metrics[name]["win_rate_vs_control"] = win_rate(goods[name], goods["control"])
-    curves = {n: [{"round": 0, "steps": 0, "kept": r.kept == 0,
-                   **curve_point(before[0], r.heldout[0])}]
-              + [{"round": k + 1, "steps": (k + 1) * run_cfgs[n].steps // run_cfgs[n].rounds,
-                  "kept": r.kept == k + 1, **curve_point(m, r.heldout[k + 1])}
-                 for k, (m, _, _) in enumerate(r.evals)]
+    # Every round of every run: the held-out signal (runs that choose a round) and what the
+    # evaluation measured (round 0, the kept round, or every round with --eval_every_round).
+    evaluated = {n: {0: before, **r.evals} for n, r in results.items()}
+    curves = {n: [{"round": k, "steps": k * run_cfgs[n].steps // run_cfgs[n].rounds,
+                   "kept": r.kept == k, "heldout": h,
+                   "evaluation": curve_point(evaluated[n][k][0] if k in evaluated[n] else None)}
+                  for k, h in enumerate(r.heldout)]
               for n, r in results.items()}
 
     main_run = next((r for r in ("feedback", "gold") if r in results), next(iter(results)))
@@ -65,7 +68,7 @@ def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict
     save_grid([r for pair in zip(rows_before, rows_after) for r in pair],
               [f"{tag}: {p}" for p in GRID_PROMPTS for tag in ("before", "after")],
               out / "before_after.png")
-    round_curves(curves, out / "rounds.png")
+    round_curves(*plotted_curves(curves), out / "rounds.png")
     clock.lap("grids and plots")
 
     seconds = round(time.time() - t0)
@@ -81,6 +84,21 @@ def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict
     print(md)
     print(f"report: {out / 'summary.md'}   grid: {out / 'before_after.png'}   "
           f"plot: {out / 'rounds.png'}")
+
+
+def plotted_curves(curves: dict) -> tuple[dict, str]:
+    """What rounds.png draws: the held-out signal of every round of the runs that choose a
+    round (gold alignment beside the reward that chose, never used to choose), or, when no run
+    chooses, the evaluated rounds. Returns ({run: [{"steps", "reward", "alignment",
+    "well_formed", "fd"}, ...]}, which prompts they are on)."""
+    if any(p["heldout"] for points in curves.values() for p in points):
+        drawn = {n: [{"steps": p["steps"], "reward": p["heldout"]["reward"],
+                      "alignment": p["heldout"]["alignment_not_used"],
+                      "well_formed": p["heldout"]["well_formed"], "fd": p["heldout"]["fd"]}
+                     for p in points if p["heldout"]] for n, points in curves.items()}
+        return {n: c for n, c in drawn.items() if c}, "held-out prompts"
+    return {n: [{"steps": p["steps"], **p["evaluation"]} for p in points if p["evaluation"]]
+            for n, points in curves.items()}, "evaluation prompts"
 
 
 def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_labels: dict,
@@ -118,24 +136,30 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
                      f"{pct(m.get('win_rate_vs_pretrained'))} | "
                      f"{pct(m.get('win_rate_vs_control'))} |")
     lines += ["", "Every round (round 0: the pretrained model). Held-out: mean r_phi and "
-              "well-formed on the held-out prompts, which choose the kept round; reward: mean "
-              "r_phi of stage 2's reward on the evaluation samples; count per number: good / "
-              "asked (bad ones with a malformed blob):", "",
+              "well-formed on the held-out prompts, which choose the kept round; the other "
+              "columns are the evaluation's, of the rounds evaluated (the kept one; every one "
+              "with --eval_every_round): reward, the mean r_phi of stage 2's reward on the "
+              "evaluation samples; count per number, good / asked (bad ones with a malformed "
+              "blob):", "",
               "| run | round | steps | held-out reward / well-formed | reward | alignment | seen "
               "| unseen | count | well-formed | strict: alignment / well-formed | FD | shape fit "
               "| count per number |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, points in curves.items():
         for p in points:
-            per_number = ", ".join(f"{w} {t['good']}/{t['asked']} ({t['malformed']})"
-                                   for w, t in p["count_breakdown"].items())
-            h = p["heldout"]
+            h, e = p["heldout"], p["evaluation"]
             held = "-" if h is None else f"{h['reward']:.3f} / {100 * h['well_formed']:.1f}"
-            lines.append(f"| {name} | {p['round']}{' (kept)' if p['kept'] else ''} | "
-                         f"{p['steps']} | {held} | {p['reward']:.3f} | "
-                         + " | ".join(f"{100 * p[g]:.1f}" for g in ("alignment", "seen",
+            row = (f"| {name} | {p['round']}{' (kept)' if p['kept'] else ''} | {p['steps']} "
+                   f"| {held} |")
+            if e is None:
+                lines.append(row + " - |" * 10)
+                continue
+            per_number = ", ".join(f"{w} {t['good']}/{t['asked']} ({t['malformed']})"
+                                   for w, t in e["count_breakdown"].items())
+            lines.append(row + f" {e['reward']:.3f} | "
+                         + " | ".join(f"{100 * e[g]:.1f}" for g in ("alignment", "seen",
                                                                      "unseen", "count",
                                                                      "well_formed"))
-                         + f" | {pc(p['alignment_strict'])} / {pc(p['well_formed_strict'])}"
-                         + f" | {p['fd']:.1f} | {p['shape_fit']:.3f} | {per_number} |")
+                         + f" | {pc(e['alignment_strict'])} / {pc(e['well_formed_strict'])}"
+                         + f" | {e['fd']:.1f} | {e['shape_fit']:.3f} | {per_number} |")
     return "\n".join(lines) + "\n"
