@@ -14,6 +14,7 @@ from tiny_rlhf_t2i.reward import RewardModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import attention_ab  # noqa: E402
 import bench_gpu_preset  # noqa: E402
 import bench_judge  # noqa: E402
 import bench_loss  # noqa: E402
@@ -393,3 +394,18 @@ def test_eval_share_times_every_phase(smoke_run, tmp_path):
     assert res["images"] == len(eval_records(1))
     assert res["sample_s"] > 0 and res["judge_analyze_s"] > 0 and res["all_measures_s"] > 0
     assert 0 < res["measures_share"] < 1 and res["commit"]
+
+
+def test_attention_ab_times_both_forms_of_the_same_attention(tmp_path):
+    """The written-out attention is the fused kernel's math: one forward pass of the cpu
+    preset's model agrees to rounding; both forms are timed in alternating blocks."""
+    attention_ab.main(["--blocks", "2", "--train_steps", "1", "--sample_n", "4",
+                       "--out", str(tmp_path / "a.json")])
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert saved["command"].startswith("python") and saved["machine"]
+    r = saved["results"]
+    assert 0 < r["max_abs_output_difference"] < 1e-4
+    for key in ("train_steps_per_s", "sample_images_per_s"):
+        assert [len(r[key][f]) for f in ("fused", "written_out")] == [2, 2]
+    assert set(r["median_speedup"]) == {"train", "sample"}
+    assert attention_ab.text.Attention.forward is not attention_ab.written_out  # put back
