@@ -66,6 +66,11 @@ def test_rounds_resume_inside_and_between_rounds_like_an_uninterrupted_run(smoke
     assert [(p["heldout"], p["kept"]) for p in pa] == [(p["heldout"], p["kept"]) for p in pb]
     assert all(p["evaluation"] for p in pa)
     assert [p["round"] for p in pb if p["evaluation"]] == sorted({0, k_kept})
+    summary = (tmp_path / "b" / "summary.md").read_text()  # every round's held-out signal
+    for p in pb:
+        h = p["heldout"]
+        assert (f"{h['reward']:.3f} / {100 * h['well_formed']:.1f} / "
+                f"{100 * h['alignment_not_used']:.1f} |") in summary
     kept = [p["kept"] for p in pa]  # one kept round, chosen by its rule
     signals = [p["heldout"] for p in pa]
     assert kept.index(True) == k_kept == pick_round(signals, 0.015)

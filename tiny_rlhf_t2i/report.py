@@ -136,19 +136,21 @@ def summary_md(metrics: dict, curves: dict, run_cfgs: dict, weights: dict, n_lab
                      f"{pct(m.get('win_rate_vs_pretrained'))} | "
                      f"{pct(m.get('win_rate_vs_control'))} |")
     lines += ["", "Every round (round 0: the pretrained model). Held-out: mean r_phi and "
-              "well-formed on the held-out prompts, which choose the kept round; the other "
+              "well-formed on the held-out prompts, which choose the kept round, and the gold "
+              "judge's alignment there, recorded but not used to choose; the other "
               "columns are the evaluation's, of the rounds evaluated (the kept one; every one "
               "with --eval_every_round): reward, the mean r_phi of stage 2's reward on the "
               "evaluation samples; count per number, good / asked (bad ones with a malformed "
               "blob):", "",
-              "| run | round | steps | held-out reward / well-formed | reward | alignment | seen "
-              "| unseen | count | well-formed | strict: alignment / well-formed | FD | shape fit "
-              "| count per number |",
+              "| run | round | steps | held-out reward / well-formed / alignment | reward "
+              "| alignment | seen | unseen | count | well-formed | strict: alignment / "
+              "well-formed | FD | shape fit | count per number |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, points in curves.items():
         for p in points:
             h, e = p["heldout"], p["evaluation"]
-            held = "-" if h is None else f"{h['reward']:.3f} / {100 * h['well_formed']:.1f}"
+            held = "-" if h is None else (f"{h['reward']:.3f} / {100 * h['well_formed']:.1f} / "
+                                          f"{pc(h.get('alignment_not_used'))}")
             row = (f"| {name} | {p['round']}{' (kept)' if p['kept'] else ''} | {p['steps']} "
                    f"| {held} |")
             if e is None:
