@@ -11,11 +11,9 @@ from .files import save_grid, write_metrics
 from .plots import round_curves
 
 
-def curve_point(m: dict | None) -> dict | None:
+def curve_point(m: dict) -> dict:
     """What the evaluation measured of one round for the over-optimization curve: the reward
-    against the gold judge and what it may cost. None for a round not evaluated."""
-    if m is None:
-        return None
+    against the gold judge and what it may cost."""
     return {"reward": m["reward"], "alignment": m["alignment"]["overall"]["mean"],
             **{g: m["alignment"][g]["mean"] for g in ("seen", "unseen", "count")},
             "well_formed": m["well_formed"]["mean"], "fd": m["fd"],
@@ -43,8 +41,11 @@ def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict
     n_labels = {name: n_stage1 + (c.rounds - 1) * c.labels_per_round  # every label a run saw
                 for name, c in run_cfgs.items() if weights[name] == "reward"}
     kept = {n: r.kept for n, r in results.items()}
+    # What the evaluation measured of each run: round 0 (the pretrained model), the kept round,
+    # or every round with --eval_every_round.
+    evaluated = {n: {0: before, **r.evals} for n, r in results.items()}
     last = {"pretrained": before[:2], **baselines,  # name -> (metrics, goods) of its kept round
-            **{n: (r.evals[r.kept] if r.kept else before)[:2] for n, r in results.items()}}
+            **{n: evaluated[n][r.kept][:2] for n, r in results.items()}}
     metrics = {n: dict(m) for n, (m, _) in last.items()}  # a run kept at round 0 gets its own
     goods = {n: g for n, (_, g) in last.items()}
     for name in metrics:  # side by side with the pretrained model and the control
@@ -52,12 +53,11 @@ def write(out, cfg, runs: dict, n_stage1: int, pretrained, before, results: dict
             metrics[name]["win_rate_vs_pretrained"] = win_rate(goods[name], goods["pretrained"])
         if name not in ("pretrained", "control") and "control" in goods:
             metrics[name]["win_rate_vs_control"] = win_rate(goods[name], goods["control"])
-    # Every round of every run: the held-out signal (runs that choose a round) and what the
-    # evaluation measured (round 0, the kept round, or every round with --eval_every_round).
-    evaluated = {n: {0: before, **r.evals} for n, r in results.items()}
+    # Every round of every run: the held-out signal (runs that choose a round) and, where a
+    # round was evaluated, what the evaluation measured.
     curves = {n: [{"round": k, "steps": k * run_cfgs[n].steps // run_cfgs[n].rounds,
                    "kept": r.kept == k, "heldout": h,
-                   "evaluation": curve_point(evaluated[n][k][0] if k in evaluated[n] else None)}
+                   "evaluation": curve_point(evaluated[n][k][0]) if k in evaluated[n] else None}
                   for k, h in enumerate(r.heldout)]
               for n, r in results.items()}
 
